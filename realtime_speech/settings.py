@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Literal
 
@@ -25,7 +26,7 @@ class Settings(BaseSettings):
     azure_openai_api_key: SecretStr | None = None
     azure_client_id: str | None = None
     audio_storage_account_url: AnyHttpUrl
-    audio_container: str = Field("audio", pattern=r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+    audio_container: str = Field("audio", pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
     audio_url_ttl_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
     audio_block_size_bytes: int = Field(4 * MIB, ge=64 * 1024, le=100 * MIB)
     realtime_timeout_seconds: float = Field(120.0, gt=0, le=600)
@@ -45,6 +46,14 @@ class SettingsError(Exception):
 def setting_names() -> set[str]:
     """The environment variable names of every setting, as operators write them."""
     return {name.upper() for name in Settings.model_fields}
+
+
+def settings_status() -> dict[str, str]:
+    """Which settings are set in the environment and which take their default; never a value."""
+    return {
+        name: "set" if os.environ.get(name) else ("required" if field.is_required() else "default")
+        for name, field in ((name.upper(), field) for name, field in Settings.model_fields.items())
+    }
 
 
 @lru_cache(maxsize=1)

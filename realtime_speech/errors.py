@@ -1,0 +1,78 @@
+"""The failures a caller can see, each with a stable code, an HTTP status and an RFC 9457 rendering.
+
+Every module raises these; only the HTTP edge turns them into responses. Details never carry
+secrets: tokens, keys and SAS signatures stay out of every message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_TYPE_BASE = "urn:realtime-speech:problem:"
+
+
+class ServiceError(Exception):
+    """A failure with a documented status. Subclasses set `status`, `code` and `title`."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+    def problem(self, request_id: str) -> dict[str, Any]:
+        """The RFC 9457 problem document for this error."""
+        return {
+            "type": PROBLEM_TYPE_BASE + self.code,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "request_id": request_id,
+        }
+
+
+class InvalidRequest(ServiceError):
+    status, code, title = 400, "invalid-request", "The request is not valid"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code, title = 413, "payload-too-large", "The request body is too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code, title = 415, "unsupported-media-type", "The request body must be application/json"
+
+
+class NotConfigured(ServiceError):
+    status, code, title = 500, "not-configured", "The function app is not configured"
+
+
+class UpstreamRateLimited(ServiceError):
+    status, code, title = 429, "upstream-rate-limited", "The model's rate limit was reached"
+
+
+class UpstreamAuthFailed(ServiceError):
+    status, code, title = 502, "upstream-auth-failed", "The model refused the app's credentials"
+
+
+class UpstreamFailed(ServiceError):
+    status, code, title = 502, "upstream-failed", "The model did not complete the answer"
+
+
+class UpstreamUnavailable(ServiceError):
+    status, code, title = 503, "upstream-unavailable", "The model could not be reached"
+
+
+class IdentityUnavailable(ServiceError):
+    status, code, title = 503, "identity-unavailable", "The managed identity could not provide a token"
+
+
+class StorageUnavailable(ServiceError):
+    status, code, title = 503, "storage-unavailable", "Blob storage could not be reached"
+
+
+class DeadlineExceeded(ServiceError):
+    status, code, title = 504, "deadline-exceeded", "The answer took longer than the deadline"

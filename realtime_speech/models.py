@@ -1,0 +1,75 @@
+"""The public HTTP contract: the request body and the success response."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .settings import Voice
+
+MAX_TEXT_CHARS = 4_000
+MAX_INSTRUCTIONS_CHARS = 4_000
+MAX_BODY_BYTES = 64 * 1024
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+
+class SpeechRequest(BaseModel):
+    """Body of `POST /api/speech`. Unknown fields are rejected: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    text: NonBlank = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    instructions: NonBlank | None = Field(None, min_length=1, max_length=MAX_INSTRUCTIONS_CHARS)
+    voice: Voice | None = None
+
+
+class AudioFacts(BaseModel):
+    format: str = "wav"
+    encoding: str = "pcm_s16le"
+    sample_rate: int
+    channels: int
+    bits_per_sample: int
+    duration_seconds: float
+    bytes: int = Field(description="Size of the whole WAV file, header included.")
+
+
+class SpeechResult(BaseModel):
+    """The 200 response of `POST /api/speech` (also stored beside the WAV as the request's record)."""
+
+    request_id: str
+    transcript: str
+    audio_url: str
+    expires_at: datetime
+    container: str
+    blob_name: str
+    audio: AudioFacts
+    voice: str
+    session_id: str | None
+    response_id: str | None
+    status: str
+    status_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class Timeline:
+    """Milliseconds since the request began, per named moment (connected, first_audio, ...)."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        """Record the first time `name` happens; later calls keep the first."""
+        self.marks.setdefault(name, round((time.perf_counter() - self._start) * 1000, 1))

@@ -1,0 +1,260 @@
+"""One spoken answer from an Azure OpenAI realtime deployment (GA protocol, `/openai/v1/realtime`).
+
+The session is configured, asked and answered in one pipelined exchange: `session.update`,
+`conversation.item.create` and `response.create` go out together (the service applies client events
+in order), then the events are consumed as they arrive. Audio is handed to a sink as it streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from openai import AsyncOpenAI
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+
+from .errors import (
+    ServiceError,
+    UpstreamAuthFailed,
+    UpstreamFailed,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+from .models import Timeline
+from .wav import PCM16_24KHZ_MONO
+
+AudioSink = Callable[[bytes], Awaitable[None]]
+
+CONNECT_ATTEMPTS = 4
+FIRST_BACKOFF_SECONDS = 0.2
+MAX_BACKOFF_SECONDS = 4.0
+DEFAULT_RETRY_AFTER_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class VoiceRequest:
+    """What to say and how: the user's text, the instructions and the voice."""
+
+    text: str
+    instructions: str
+    voice: str
+    transcription_model: str
+
+
+@dataclass(frozen=True)
+class SpokenAnswer:
+    transcript: str
+    session_id: str | None
+    response_id: str | None
+    status: str
+    status_reason: str | None
+    usage: dict[str, Any] | None
+
+
+def session_config(request: VoiceRequest) -> dict[str, Any]:
+    """The GA `session.update` payload: the quickstart's configuration, audio out only."""
+    pcm = {"type": "audio/pcm", "rate": PCM16_24KHZ_MONO.sample_rate}
+    return {
+        "type": "realtime",
+        "instructions": request.instructions,
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {
+                "format": pcm,
+                "transcription": {"model": request.transcription_model},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": 0.5,
+                    "prefix_padding_ms": 300,
+                    "silence_duration_ms": 200,
+                    "create_response": True,
+                },
+            },
+            "output": {"format": pcm, "voice": request.voice},
+        },
+    }
+
+
+class RealtimeSpeaker:
+    """Opens one realtime session per answer on a process-wide client."""
+
+    def __init__(self, client: AsyncOpenAI, deployment: str, extra_headers: dict[str, str]) -> None:
+        self._client = client
+        self._deployment = deployment
+        self._extra_headers = extra_headers
+
+    async def speak(
+        self,
+        request: VoiceRequest,
+        on_audio: AudioSink,
+        on_audio_end: Callable[[], None],
+        deadline: float,
+        timeline: Timeline,
+    ) -> SpokenAnswer:
+        """Ask for a spoken answer; audio goes to `on_audio`, `on_audio_end` marks its end.
+
+        `deadline` (event-loop time) bounds the connection retries; the caller enforces it overall.
+        """
+        connection = await self._open(deadline)
+        timeline.mark("connected")
+        try:
+            await connection.session.update(session=session_config(request))  # type: ignore[arg-type]
+            await connection.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": request.text}],
+                }
+            )
+            await connection.response.create()
+            return await _collect_answer(connection, on_audio, on_audio_end, timeline)
+        finally:
+            await connection.close()
+
+    async def _open(self, deadline: float) -> AsyncRealtimeConnection:
+        """Connect, retrying refusals that happen before any output with backoff and jitter."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            try:
+                return await self._client.realtime.connect(
+                    model=self._deployment, extra_headers=self._extra_headers
+                ).enter()
+            except Exception as exc:
+                error = connect_error(exc)
+                delay = error.retry_after if error.retry_after is not None else _backoff(attempt)
+                if not _retryable(error) or attempt == CONNECT_ATTEMPTS or loop.time() + delay >= deadline:
+                    raise error from None
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff."""
+    return random.uniform(0, min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2**attempt))
+
+
+def _retryable(error: ServiceError) -> bool:
+    return isinstance(error, UpstreamRateLimited | UpstreamUnavailable)
+
+
+def connect_error(exc: Exception) -> ServiceError:
+    """Map a failed WebSocket handshake to the error the caller sees."""
+    if isinstance(exc, ServiceError):  # e.g. the token provider could not get a token
+        return exc
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        retry_after = _retry_after(exc.response.headers.get("Retry-After"))
+        if status in (401, 403):
+            return UpstreamAuthFailed(
+                f"The realtime endpoint refused the app's credentials (HTTP {status}): check the "
+                "managed identity's 'Cognitive Services OpenAI User' role or the API key."
+            )
+        if status == 404:
+            return UpstreamFailed("The realtime endpoint answered 404: check the deployment name.")
+        if status == 429:
+            return UpstreamRateLimited(
+                "The realtime endpoint is rate limiting (HTTP 429).",
+                retry_after=retry_after or DEFAULT_RETRY_AFTER_SECONDS,
+            )
+        if status >= 500:
+            return UpstreamUnavailable(
+                f"The realtime endpoint failed the handshake (HTTP {status}).", retry_after=retry_after
+            )
+        return UpstreamFailed(f"The realtime endpoint refused the handshake (HTTP {status}).")
+    if isinstance(exc, OSError | TimeoutError | ConnectionClosed | InvalidURI):
+        return UpstreamUnavailable(f"The realtime endpoint could not be reached ({type(exc).__name__}).")
+    raise exc
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+async def _collect_answer(
+    connection: AsyncRealtimeConnection,
+    on_audio: AudioSink,
+    on_audio_end: Callable[[], None],
+    timeline: Timeline,
+) -> SpokenAnswer:
+    """Consume server events until `response.done`, streaming audio into the sink."""
+    session_id: str | None = None
+    transcript: str | None = None
+    deltas: list[str] = []
+    try:
+        async for event in connection:
+            match event.type:
+                case "response.output_audio.delta":
+                    timeline.mark("first_audio")
+                    await on_audio(base64.b64decode(event.delta))
+                case "response.output_audio.done":
+                    timeline.mark("audio_done")
+                    on_audio_end()
+                case "response.output_audio_transcript.delta":
+                    deltas.append(event.delta)
+                case "response.output_audio_transcript.done":
+                    transcript = event.transcript
+                case "session.created" | "session.updated":
+                    session_id = event.session.id  # type: ignore[union-attr]
+                case "error":
+                    raise _error_event(event.error)
+                case "response.done":
+                    timeline.mark("response_done")
+                    on_audio_end()
+                    return _answer(event.response, session_id, transcript or "".join(deltas))
+    except ConnectionClosed as exc:
+        raise UpstreamFailed(
+            f"The realtime connection dropped before the answer was complete (close code {exc.code})."
+        ) from None
+    raise UpstreamFailed("The realtime connection closed before the answer was complete.")
+
+
+def _answer(response: Any, session_id: str | None, transcript: str) -> SpokenAnswer:
+    """The outcome of `response.done`; failed or cancelled responses are errors, incomplete ones kept."""
+    details = response.status_details
+    if response.status in ("failed", "cancelled"):
+        error = details.error if details else None
+        reason = f": {error.code or error.type}" if error else (f": {details.reason}" if details else "")
+        raise UpstreamFailed(f"The model's response ended with status '{response.status}'{reason}.")
+    if not transcript:
+        transcript = _transcript_of(response)
+    return SpokenAnswer(
+        transcript=transcript,
+        session_id=session_id,
+        response_id=response.id,
+        status=response.status or "completed",
+        status_reason=details.reason if details else None,
+        usage=response.usage.model_dump(exclude_none=True) if response.usage else None,
+    )
+
+
+def _transcript_of(response: Any) -> str:
+    for item in response.output or []:
+        for part in getattr(item, "content", None) or []:
+            if getattr(part, "transcript", None):
+                return part.transcript
+    return ""
+
+
+_RETRY_IN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)", re.IGNORECASE)
+
+
+def _error_event(error: Any) -> ServiceError:
+    """Map a realtime `error` event; a rate limit carries the wait the service asked for."""
+    message = (error.message or "")[:300]
+    if error.code == "rate_limit_exceeded":
+        match = _RETRY_IN.search(message)
+        wait = float(match[1]) / (1000 if match and match[2].lower() == "ms" else 1) if match else None
+        return UpstreamRateLimited(
+            f"The model's rate limit was exceeded: {message}",
+            retry_after=wait or DEFAULT_RETRY_AFTER_SECONDS,
+        )
+    return UpstreamFailed(f"The model reported an error ({error.code or error.type}): {message}")

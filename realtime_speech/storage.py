@@ -1,0 +1,243 @@
+"""Audio in Blob Storage: WAVs staged block by block while the model speaks, records, and SAS URLs.
+
+A WAV is a block blob committed as `[header, data blocks...]`: data blocks of a fixed size are staged
+while audio streams in, the 44-byte header last (once the length is known), and one
+`Put Block List` makes the blob appear whole. Until that commit nothing is visible, so a failed
+request leaves no half-written blob (uncommitted blocks are discarded by the service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobSasPermissions, ContentSettings, UserDelegationKey, generate_blob_sas
+from azure.storage.blob.aio import BlobClient, BlobServiceClient
+
+from .errors import IdentityUnavailable, ServiceError, StorageUnavailable
+from .wav import PCM16_24KHZ_MONO, PcmFormat, wav_header
+
+HEADER_BLOCK_ID = f"{0:08d}"
+CLOCK_SKEW = timedelta(minutes=5)
+KEY_RENEWAL_MARGIN = timedelta(hours=1)
+MAX_KEY_LIFETIME = timedelta(days=7)
+
+
+@asynccontextmanager
+async def storage_errors(action: str) -> AsyncIterator[None]:
+    """Turn Azure SDK failures into the documented 503s, naming the action but never a secret."""
+    try:
+        yield
+    except ServiceError:
+        raise
+    except ClientAuthenticationError as exc:
+        if exc.response is None:  # the credential failed before storage was asked
+            raise IdentityUnavailable(f"No token for Blob Storage while trying to {action}.") from None
+        raise StorageUnavailable(
+            f"Blob Storage refused to {action} (HTTP {exc.status_code}): check the identity's "
+            "'Storage Blob Data Contributor' role on the audio account."
+        ) from None
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise StorageUnavailable(
+            f"Blob Storage could not be reached to {action} ({type(exc).__name__})."
+        ) from None
+    except AzureError as exc:
+        status = getattr(exc, "status_code", None)
+        raise StorageUnavailable(f"Blob Storage failed to {action} (HTTP {status}).") from None
+
+
+class AudioStore:
+    """The audio container: one per process, shared by every request."""
+
+    def __init__(
+        self, service: BlobServiceClient, container: str, block_size: int, url_ttl: timedelta
+    ) -> None:
+        self._service = service
+        self._container = service.get_container_client(container)
+        self._block_size = block_size
+        self._url_ttl = url_ttl
+        self._ready: asyncio.Task[None] | None = None
+        self._key: UserDelegationKey | None = None
+        self._key_expiry = datetime.min.replace(tzinfo=UTC)
+        self._key_lock = asyncio.Lock()
+
+    @property
+    def container_name(self) -> str:
+        return self._container.container_name
+
+    def prepare(self) -> asyncio.Task[None]:
+        """Start, once per process, what requests need before their first write and their SAS: the
+        container and a delegation key. It overlaps the first request's model session.
+
+        Callers await the returned task; after a failure, the next request tries again.
+        """
+        ready = self._ready
+        if ready is None or (ready.done() and (ready.cancelled() or ready.exception() is not None)):
+            self._ready = ready = asyncio.ensure_future(self._prepare())
+        return ready
+
+    async def _prepare(self) -> None:
+        async with storage_errors("create the audio container"):
+            with suppress(ResourceExistsError):
+                await self._container.create_container()
+        await self._delegation_key(valid_until=datetime.now(UTC) + self._url_ttl)
+
+    def audio_writer(self, blob_name: str) -> AudioBlobWriter:
+        return AudioBlobWriter(self._container.get_blob_client(blob_name), self._block_size, self.prepare())
+
+    async def save_record(self, blob_name: str, record: dict[str, Any]) -> None:
+        """Store a request's JSON record beside its audio."""
+        data = json.dumps(record, ensure_ascii=False, indent=2, default=str).encode()
+        async with storage_errors("save the request record"):
+            await self.prepare()
+            await self._container.upload_blob(
+                blob_name,
+                data,
+                overwrite=True,
+                content_settings=ContentSettings(content_type="application/json"),
+            )
+
+    async def load_record(self, blob_name: str) -> dict[str, Any] | None:
+        """A stored record, or None when there is none."""
+        async with storage_errors("read a request record"):
+            try:
+                downloader = await self._container.download_blob(blob_name)
+            except ResourceNotFoundError:
+                return None
+            return json.loads(await downloader.readall())
+
+    async def delete(self, blob_name: str) -> None:
+        async with storage_errors("delete a blob"):
+            with suppress(ResourceNotFoundError):
+                await self._container.delete_blob(blob_name)
+
+    async def read_url(self, blob_name: str, download_name: str) -> tuple[str, datetime]:
+        """A read-only user-delegation SAS URL for the blob, and when it expires."""
+        now = datetime.now(UTC)
+        expires_at = (now + self._url_ttl).replace(microsecond=0)
+        key = await self._delegation_key(valid_until=expires_at)
+        https = self._service.url.startswith("https:")
+        sas = generate_blob_sas(
+            account_name=self._service.account_name,
+            container_name=self.container_name,
+            blob_name=blob_name,
+            user_delegation_key=key,
+            permission=BlobSasPermissions(read=True),
+            start=now - CLOCK_SKEW,
+            expiry=expires_at,
+            protocol="https" if https else None,
+            content_disposition=f'attachment; filename="{download_name}"',
+            content_type="audio/wav",
+        )
+        blob_url = self._container.get_blob_client(blob_name).url
+        return f"{blob_url}?{sas}", expires_at
+
+    async def _delegation_key(self, valid_until: datetime) -> UserDelegationKey:
+        """The cached user-delegation key, renewed well before it could outlive a SAS."""
+        async with self._key_lock:
+            if self._key is None or self._key_expiry < valid_until + KEY_RENEWAL_MARGIN:
+                start = datetime.now(UTC)
+                expiry = start + min(MAX_KEY_LIFETIME, self._url_ttl + timedelta(days=1))
+                async with storage_errors("get a user delegation key"):
+                    self._key = await self._service.get_user_delegation_key(start, expiry)
+                self._key_expiry = expiry
+            return self._key
+
+
+class AudioBlobWriter:
+    """Streams PCM into a WAV block blob with memory bounded by two blocks.
+
+    `write` fills a buffer; each full block is staged in the background while the next fills. If the
+    previous block is still uploading when the next is full, `write` waits for it: back-pressure
+    instead of unbounded buffering.
+    """
+
+    def __init__(self, blob: BlobClient, block_size: int, container_ready: asyncio.Future[None]) -> None:
+        self._blob = blob
+        self._block_size = block_size
+        self._container_ready = container_ready
+        self._buffer = bytearray()
+        self._block_ids: list[str] = []
+        self._data_bytes = 0
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._finished: asyncio.Task[Any] | None = None
+
+    @property
+    def data_bytes(self) -> int:
+        return self._data_bytes
+
+    @property
+    def blocks(self) -> int:
+        return len(self._block_ids)
+
+    async def write(self, chunk: bytes) -> None:
+        if self._finished is not None:
+            raise RuntimeError("audio written after its end")
+        self._buffer += chunk
+        self._data_bytes += len(chunk)
+        while len(self._buffer) >= self._block_size:
+            block = bytes(self._buffer[: self._block_size])
+            del self._buffer[: self._block_size]
+            await self._drain()
+            self._stage_in_background(block)
+
+    def finish(self) -> None:
+        """The audio has ended: stage the tail and the header now, overlapping the last events."""
+        if self._finished is None:
+            self._finished = asyncio.ensure_future(self._stage_tail_and_header())
+
+    async def commit(self, pcm: PcmFormat = PCM16_24KHZ_MONO) -> int:
+        """Make the WAV visible in one `Put Block List`; returns the size of the whole file."""
+        self.finish()
+        assert self._finished is not None
+        async with storage_errors("write the audio"):
+            await self._finished
+            await self._blob.commit_block_list(
+                [HEADER_BLOCK_ID, *self._block_ids],
+                content_settings=ContentSettings(content_type="audio/wav"),
+            )
+        return len(wav_header(self._data_bytes, pcm)) + self._data_bytes
+
+    async def abort(self) -> None:
+        """Stop uploading; nothing is committed, so the blob never appears."""
+        tasks = [*self._in_flight, *([self._finished] if self._finished else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stage_tail_and_header(self) -> None:
+        if self._buffer:
+            self._stage_in_background(bytes(self._buffer))
+            self._buffer.clear()
+        self._stage_in_background(wav_header(self._data_bytes), HEADER_BLOCK_ID)
+        await self._drain()
+
+    def _stage_in_background(self, data: bytes, block_id: str | None = None) -> None:
+        if block_id is None:
+            block_id = f"{len(self._block_ids) + 1:08d}"
+            self._block_ids.append(block_id)
+        task = asyncio.ensure_future(self._stage(block_id, data))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _stage(self, block_id: str, data: bytes) -> None:
+        async with storage_errors("write the audio"):
+            await self._container_ready
+            await self._blob.stage_block(block_id, data, length=len(data))
+
+    async def _drain(self) -> None:
+        """Wait for every block in flight; a failed stage fails the write."""
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight)
