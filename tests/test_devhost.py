@@ -169,11 +169,12 @@ async def start_host(workdir: Path) -> DevHost:
     env = {k: v for k, v in os.environ.items() if k != "SAMPLE_FROM_SETTINGS"} | {
         "SAMPLE_OVERRIDDEN": "from-env"
     }
+    argv = ["-m", "devtools.devhost", "--port", "0", "--app", SAMPLE_APP, "--settings", str(settings)]
     log_path = workdir / "host.log"
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "devtools.devhost", "--port", "0", "--app", SAMPLE_APP],
-            *["--settings", str(settings)],
+            sys.executable,
+            *argv,
             cwd=REPO_ROOT,
             env=env,
             stdout=asyncio.subprocess.PIPE,
