@@ -1,0 +1,580 @@
+"""Start and stop the local stand-ins (identity endpoint, Azurite, realtime emulator, dev host).
+
+The one place tests, `make demo` and the benchmarks get their processes from:
+
+    with start_stack(Path(tmp)) as stack:
+        host = stack.start_host()                       # function app, settings from stack.app_settings()
+        ...
+        stack.azurite.restart()                         # outage drill: same port, same data
+
+Every service is a real subprocess in its own process group, listening on 127.0.0.1 on a free port,
+logging to `<state_dir>/logs/<name>.log`. `Stack.close()` (or leaving the `with` block) stops all of
+them, even after errors; an `atexit` hook catches whatever a crashed caller left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import http.client
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from devtools import azurite
+from devtools.certs import DevCerts, ensure_dev_certs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STATE_DIR = REPO_ROOT / ".devstate"
+LOOPBACK = "127.0.0.1"
+DEPLOYMENT_NAME = "gpt-realtime"
+AUDIO_CONTAINER = "audio"
+PORT_PLACEHOLDER = "{port}"
+# Inherited variables with these prefixes are dropped from a function host's environment, so a
+# developer's shell (AZURE_CLIENT_ID, AZURE_OPENAI_API_KEY, MSI_ENDPOINT...) cannot change what the
+# app under test sees; the stack's settings and explicit overrides are all it gets.
+AMBIENT_SETTING_PREFIXES = ("AZURE_", "AUDIO_", "REALTIME_", "IDENTITY_", "MSI_", "IMDS_")
+
+log = logging.getLogger("devtools.stack")
+
+Probe = Callable[["ServiceProcess"], bool]
+
+
+class ServiceStartError(RuntimeError):
+    """A service exited or did not become ready in time."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port that was free a moment ago (bind to port 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+# --- readiness probes -------------------------------------------------------------------------------
+
+
+def http_probe(path: str, *, expect: Callable[[int], bool] = lambda status: status == 200) -> Probe:
+    """Ready when `GET path` over plain HTTP answers with a status `expect` accepts."""
+
+    def probe(service: ServiceProcess) -> bool:
+        connection = http.client.HTTPConnection(service.host, service.port, timeout=1.0)
+        try:
+            connection.request("GET", path)
+            return expect(connection.getresponse().status)
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
+
+    return probe
+
+
+def tcp_probe(service: ServiceProcess) -> bool:
+    """Ready when the port accepts a TCP connection."""
+    try:
+        socket.create_connection((service.host, service.port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
+def azurite_probe(ca_file: Path) -> Probe:
+    return lambda service: azurite.is_ready(service.host, service.port, ca_file)
+
+
+# --- one service ------------------------------------------------------------------------------------
+
+_live: weakref.WeakSet[ServiceProcess] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for service in list(_live):
+        service.stop()
+
+
+class ServiceProcess:
+    """A subprocess serving on one port of 127.0.0.1, with a readiness probe.
+
+    `argv` items may contain `{port}`, replaced by the service's port. With `port=None` a free port is
+    picked; if the service then loses a race for it (address in use) before it was ever ready, another
+    port is tried. After the first successful start the port is fixed, so `restart()` comes back on the
+    same address.
+    """
+
+    PORT_ATTEMPTS = 3
+    _PORT_TAKEN_MARKERS = ("address already in use", "eaddrinuse", "errno 98")
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        probe: Probe,
+        log_dir: Path,
+        port: int | None = None,
+        host: str = LOOPBACK,
+        scheme: str = "http",
+        env: Mapping[str, str] | None = None,
+        cwd: Path = REPO_ROOT,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.argv_template = list(argv)
+        self.probe = probe
+        self.host = host
+        self.scheme = scheme
+        self.env = dict(os.environ if env is None else env)
+        self.cwd = cwd
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.log_path = log_dir / f"{name}.log"
+        self._auto_port = port is None
+        self.port = free_port(host) if port is None else port
+        self._ever_ready = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._log_offset = 0
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}" if self.running else "stopped"
+        return f"<ServiceProcess {self.name} {self.url} {state}>"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def argv(self) -> list[str]:
+        return [arg.replace(PORT_PLACEHOLDER, str(self.port)) for arg in self.argv_template]
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> Self:
+        """Spawn the process and block until the probe passes."""
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the process without waiting (see `wait_ready`), e.g. to start several in parallel."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = self.log_path.open("ab")
+        self._log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start on {self.url}\n".encode())
+        self._log_file.flush()
+        self._log_offset = self._log_file.tell()
+        self._process = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: stop() takes its children down too
+        )
+        _live.add(self)
+
+    def wait_ready(self) -> Self:
+        for attempt in range(1, self.PORT_ATTEMPTS + 1):
+            try:
+                self._wait_ready_once()
+            except ServiceStartError:
+                if not self._may_retry_on_new_port(attempt):
+                    self.stop()
+                    raise
+                self._reap()
+                self.port = free_port(self.host)
+                log.info("%s: port taken, retrying on %d", self.name, self.port)
+                self.spawn()
+            else:
+                self._ever_ready = True
+                return self
+        raise AssertionError("unreachable")
+
+    def _wait_ready_once(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self._process is None or self._process.poll() is not None:
+                code = None if self._process is None else self._process.returncode
+                raise ServiceStartError(
+                    f"{self.name} exited (code {code}) before it was ready; log {self.log_path}:\n"
+                    f"{self.log_tail()}"
+                )
+            if self.probe(self):
+                return
+            if time.monotonic() > deadline:
+                raise ServiceStartError(
+                    f"{self.name} not ready on {self.url} after {self.start_timeout:.0f}s; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _may_retry_on_new_port(self, attempt: int) -> bool:
+        if not self._auto_port or self._ever_ready or attempt == self.PORT_ATTEMPTS or self.running:
+            return False
+        recent = self._read_log_since_start().lower()
+        return any(marker in recent for marker in self._PORT_TAKEN_MARKERS)
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it if it does not exit in time, reap. Idempotent."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", self.name, self.stop_timeout)
+                self._signal_group(signal.SIGKILL)
+        self._reap()
+
+    def restart(self) -> Self:
+        """Stop, then start again on the same port."""
+        self.stop()
+        return self.start()
+
+    async def astart(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    async def arestart(self) -> Self:
+        return await asyncio.to_thread(self.restart)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self._read_log_since_start().splitlines()[-lines:])
+
+    def _read_log_since_start(self) -> str:
+        try:
+            with self.log_path.open("rb") as file:
+                file.seek(self._log_offset)
+                return file.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        if self._process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signum)
+
+    def _reap(self) -> None:
+        """Wait for the leader and make sure nothing of its process group outlives it."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._signal_group(signal.SIGKILL)
+            self._process.wait()
+            self._signal_group(signal.SIGKILL)  # stragglers the leader left behind
+            self._process = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        _live.discard(self)
+
+    def __enter__(self) -> Self:
+        return self if self.running else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- the whole stack --------------------------------------------------------------------------------
+
+
+def realtime_emulator_available() -> bool:
+    """True when `python -m devtools.realtime_emulator` can run (module, or package with __main__)."""
+    devtools_dir = Path(__file__).resolve().parent
+    candidates = (devtools_dir / "realtime_emulator.py", devtools_dir / "realtime_emulator" / "__main__.py")
+    return any(path.is_file() for path in candidates)
+
+
+class Stack:
+    """Certificates, identity endpoint, Azurite and the realtime emulator; function hosts on demand.
+
+    `with_emulator=None` starts the emulator when `devtools.realtime_emulator` exists.
+    `azurite_in_memory=False` keeps blobs under the state dir, so `azurite.restart()` behaves like a
+    storage outage (data survives) rather than a wipe.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        emulator_args: Sequence[str] = (),
+        with_emulator: bool | None = None,
+        emulator_tls: bool = False,
+        azurite_in_memory: bool = False,
+        token_lifetime: int = 3600,
+    ) -> None:
+        self.state_dir = (state_dir or DEFAULT_STATE_DIR).resolve()
+        self.log_dir = self.state_dir / "logs"
+        self.emulator_args = list(emulator_args)
+        self.with_emulator = realtime_emulator_available() if with_emulator is None else with_emulator
+        self.emulator_tls = emulator_tls
+        self.azurite_in_memory = azurite_in_memory
+        self.token_lifetime = token_lifetime
+
+        self.identity_header = secrets.token_urlsafe(24)
+        self.emulator_api_key = secrets.token_urlsafe(24)
+        self.tenant_id = str(uuid.uuid4())
+        self.object_id = str(uuid.uuid4())
+        self.client_id = str(uuid.uuid4())
+
+        self.certs: DevCerts | None = None
+        self.identity: ServiceProcess | None = None
+        self.azurite: ServiceProcess | None = None
+        self.emulator: ServiceProcess | None = None
+        self.emulator_tls_port: int | None = None
+        self.hosts: list[ServiceProcess] = []
+
+    # lifecycle
+
+    def start(self) -> Self:
+        """Start every stand-in (in parallel) and wait until all are ready."""
+        try:
+            self.certs = ensure_dev_certs(self.state_dir)
+            services = [self._make_identity(self.certs), self._make_azurite(self.certs)]
+            if self.with_emulator:
+                services.append(self._make_emulator(self.certs))
+            for service in services:
+                service.spawn()
+            for service in services:
+                service.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        log.info("stack ready: %s", ", ".join(repr(s) for s in self.services))
+        return self
+
+    def close(self) -> None:
+        """Stop hosts first, then the stand-ins; keep going if one of them fails to stop."""
+        errors: list[BaseException] = []
+        for service in [*reversed(self.hosts), self.emulator, self.azurite, self.identity]:
+            if service is None:
+                continue
+            try:
+                service.stop()
+            except Exception as error:  # stop the rest regardless
+                errors.append(error)
+        self.hosts.clear()
+        if errors:
+            raise ExceptionGroup("failed to stop some services", errors)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def services(self) -> list[ServiceProcess]:
+        started = [self.identity, self.azurite, self.emulator, *self.hosts]
+        return [service for service in started if service is not None]
+
+    # addresses and settings
+
+    @property
+    def ca_file(self) -> Path:
+        return self._certs.ca_file
+
+    @property
+    def storage_url(self) -> str:
+        """Blob account URL, `https://127.0.0.1:PORT/devstoreaccount1`."""
+        return azurite.account_url(self._require(self.azurite, "azurite").port)
+
+    @property
+    def identity_endpoint(self) -> str:
+        """`IDENTITY_ENDPOINT`: the token URL of the managed-identity stand-in."""
+        return f"{self._require(self.identity, 'identity endpoint').url}/msi/token"
+
+    @property
+    def openai_endpoint(self) -> str:
+        """`AZURE_OPENAI_ENDPOINT` of the realtime emulator (plain HTTP/WS)."""
+        return self._require(self.emulator, "realtime emulator").url
+
+    @property
+    def openai_tls_endpoint(self) -> str:
+        """The emulator's TLS listener (`https://`, for clients that always use `wss://`)."""
+        self._require(self.emulator, "realtime emulator")
+        if self.emulator_tls_port is None:
+            raise RuntimeError("the realtime emulator was started without a TLS listener (emulator_tls=True)")
+        return f"https://{LOOPBACK}:{self.emulator_tls_port}"
+
+    def app_settings(self, **overrides: str | None) -> dict[str, str]:
+        """The function app's settings for this stack; an override of None removes the setting."""
+        settings = {
+            "AZURE_OPENAI_DEPLOYMENT_NAME": DEPLOYMENT_NAME,
+            "AUDIO_STORAGE_ACCOUNT_URL": self.storage_url,
+            "AUDIO_CONTAINER": AUDIO_CONTAINER,
+            "IDENTITY_ENDPOINT": self.identity_endpoint,
+            "IDENTITY_HEADER": self.identity_header,
+            "SSL_CERT_FILE": str(self.ca_file),
+            "REQUESTS_CA_BUNDLE": str(self.ca_file),
+        }
+        if self.emulator is not None:
+            settings["AZURE_OPENAI_ENDPOINT"] = self.openai_endpoint
+        return _apply_overrides(settings, overrides)
+
+    def identity_stats(self) -> dict[str, object]:
+        """Counts of tokens issued (per resource) and refused by the identity endpoint."""
+        identity = self._require(self.identity, "identity endpoint")
+        connection = http.client.HTTPConnection(identity.host, identity.port, timeout=5)
+        try:
+            connection.request("GET", "/stats")
+            return json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+
+    # function hosts
+
+    def host_env(self, env_overrides: Mapping[str, str | None] = {}) -> dict[str, str]:
+        """`os.environ` (minus ambient Azure settings) plus `app_settings()`, then the overrides."""
+        inherited = {name: value for name, value in os.environ.items() if not is_ambient_setting(name)}
+        env = {**inherited, **self.app_settings(), "PYTHONUNBUFFERED": "1"}
+        return _apply_overrides(env, env_overrides)
+
+    def start_host(
+        self,
+        env_overrides: Mapping[str, str | None] = {},
+        port: int | None = None,
+        *,
+        name: str | None = None,
+        app: str | None = None,
+        start_timeout: float = 60.0,
+    ) -> ServiceProcess:
+        """Run the function app under `devtools.devhost` and wait until it answers HTTP.
+
+        The developer's `local.settings.json` is not read (`--settings` points at a file that does not
+        exist), so only this stack's settings and `env_overrides` apply.
+        """
+        name = name or f"host-{len(self.hosts) + 1}"
+        no_settings = self.state_dir / "no-local-settings.json"
+        argv = [sys.executable, "-m", "devtools.devhost", "--port", PORT_PLACEHOLDER, "--host", LOOPBACK]
+        if app is not None:
+            argv += ["--app", app]
+        host = ServiceProcess(
+            name,
+            [*argv, "--settings", str(no_settings)],
+            probe=http_probe("/api/health", expect=lambda status: True),
+            log_dir=self.log_dir,
+            port=port,
+            env=self.host_env(env_overrides),
+            start_timeout=start_timeout,
+        )
+        self.hosts.append(host)
+        return host.start()
+
+    # internals
+
+    def _make_identity(self, certs: DevCerts) -> ServiceProcess:
+        argv = [
+            *(sys.executable, "-m", "devtools.identity_endpoint"),
+            *("--port", PORT_PLACEHOLDER, "--host", LOOPBACK),
+            *("--secret", self.identity_header, "--signing-key", str(certs.token_signing_key)),
+            *("--tenant-id", self.tenant_id, "--object-id", self.object_id, "--client-id", self.client_id),
+            *("--token-lifetime", str(self.token_lifetime)),
+        ]
+        self.identity = self._service("identity", argv, http_probe("/health"))
+        return self.identity
+
+    def _make_azurite(self, certs: DevCerts) -> ServiceProcess:
+        location = None
+        if not self.azurite_in_memory:
+            location = self.state_dir / "azurite"
+            location.mkdir(parents=True, exist_ok=True)
+        argv = azurite.azurite_argv(PORT_PLACEHOLDER, certs, host=LOOPBACK, location=location)
+        self.azurite = self._service("azurite", argv, azurite_probe(certs.ca_file), scheme="https")
+        return self.azurite
+
+    def _make_emulator(self, certs: DevCerts) -> ServiceProcess:
+        argv = [
+            *(sys.executable, "-m", "devtools.realtime_emulator"),
+            *("--port", PORT_PLACEHOLDER, "--host", LOOPBACK),
+            *("--api-key", self.emulator_api_key, "--token-public-key", str(certs.token_signing_public_key)),
+        ]
+        if self.emulator_tls:
+            self.emulator_tls_port = free_port()
+            argv += ["--tls-port", str(self.emulator_tls_port)]
+            argv += ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
+        argv += self.emulator_args
+        self.emulator = self._service("emulator", argv, http_probe("/_emulator/health"))
+        return self.emulator
+
+    def _service(
+        self, name: str, argv: Sequence[str], probe: Probe, *, scheme: str = "http"
+    ) -> ServiceProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return ServiceProcess(name, argv, probe=probe, log_dir=self.log_dir, scheme=scheme, env=env)
+
+    @property
+    def _certs(self) -> DevCerts:
+        if self.certs is None:
+            raise RuntimeError("the stack is not started")
+        return self.certs
+
+    @staticmethod
+    def _require(service: ServiceProcess | None, what: str) -> ServiceProcess:
+        if service is None:
+            raise RuntimeError(f"the {what} is not part of this stack (not started)")
+        return service
+
+
+def start_stack(
+    state_dir: Path | None = None,
+    *,
+    emulator_args: Sequence[str] = (),
+    with_emulator: bool | None = None,
+    emulator_tls: bool = False,
+    azurite_in_memory: bool = False,
+    token_lifetime: int = 3600,
+) -> Stack:
+    """Start a `Stack` (usable as a context manager); state under `state_dir` (default `.devstate/`)."""
+    stack = Stack(
+        state_dir,
+        emulator_args=emulator_args,
+        with_emulator=with_emulator,
+        emulator_tls=emulator_tls,
+        azurite_in_memory=azurite_in_memory,
+        token_lifetime=token_lifetime,
+    )
+    return stack.start()
+
+
+def is_ambient_setting(name: str) -> bool:
+    """True for inherited variables that would configure the app or azure-identity behind our back."""
+    return name.upper().startswith(AMBIENT_SETTING_PREFIXES)
+
+
+def _apply_overrides(base: Mapping[str, str], overrides: Mapping[str, str | None]) -> dict[str, str]:
+    merged = dict(base)
+    for name, value in overrides.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged
