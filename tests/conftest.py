@@ -1,0 +1,78 @@
+"""Shared fixtures: one local stack (identity endpoint, Azurite, realtime emulator) per test session.
+
+The test process itself imports aiohttp early, so it cannot rely on `SSL_CERT_FILE`: clients here
+get the test CA explicitly (`ca_ssl_context`, `connection_verify=str(stack.ca_file)`). Processes
+started with `stack.start_host()` get the CA through their environment, as a deployed app would.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from azure.identity.aio import ManagedIdentityCredential
+from azure.storage.blob.aio import BlobServiceClient
+
+from devtools.stack import Stack, is_ambient_setting, start_stack
+
+ClientEnv = Callable[..., AbstractContextManager[dict[str, str]]]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stand-ins for the whole session, state in a private tmp dir (parallel runs don't clash)."""
+    with start_stack(Path(tmp_path_factory.mktemp("stack"))) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def client_env(stack: Stack) -> ClientEnv:
+    """`with client_env(**overrides) as settings:` puts the stack's app settings into os.environ.
+
+    For code that reads its configuration from the environment when it is constructed (e.g.
+    azure-identity credentials). Ambient Azure variables of the developer's shell are hidden for the
+    duration; overrides follow `Stack.app_settings` (None removes a setting).
+    """
+
+    @contextmanager
+    def apply(**overrides: str | None) -> Iterator[dict[str, str]]:
+        settings = stack.app_settings(**overrides)
+        with pytest.MonkeyPatch.context() as patch:
+            for name in [name for name in os.environ if is_ambient_setting(name)]:
+                patch.delenv(name)
+            for name, value in settings.items():
+                patch.setenv(name, value)
+            yield settings
+
+    return apply
+
+
+@pytest.fixture(scope="session")
+def ca_ssl_context(stack: Stack) -> ssl.SSLContext:
+    """Trusts only the test CA (Azurite's certificate, the emulator's TLS listener)."""
+    return ssl.create_default_context(cafile=str(stack.ca_file))
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def identity_credential(client_env: ClientEnv) -> AsyncIterator[ManagedIdentityCredential]:
+    """An async ManagedIdentityCredential bound to the stack's identity endpoint (App Service flavour)."""
+    with client_env():
+        credential = ManagedIdentityCredential()  # reads IDENTITY_ENDPOINT/IDENTITY_HEADER here, once
+    async with credential:
+        yield credential
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def blob_service(
+    stack: Stack, identity_credential: ManagedIdentityCredential
+) -> AsyncIterator[BlobServiceClient]:
+    """A BlobServiceClient on Azurite authenticated with managed-identity tokens."""
+    async with BlobServiceClient(
+        stack.storage_url, credential=identity_credential, connection_verify=str(stack.ca_file)
+    ) as client:
+        yield client
