@@ -1,0 +1,88 @@
+"""Command line: ``python -m devtools.realtime_emulator --port PORT [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+from .scenarios import PARAMETERS, RESPONSE_SCENARIOS
+from .server import EmulatorConfig, Listener, serve, tls_context
+from .speech import espeak_available
+
+
+def _epilog() -> str:
+    scenarios = "\n".join(f"  {name:<11} {summary}" for name, summary in RESPONSE_SCENARIOS.items())
+    parameters = "\n".join(f"  {name:<11} {summary}" for name, summary in PARAMETERS.items())
+    return f"""\
+scenarios (per connection: ?scenario=NAME&key=value; per message: [[emulator:NAME key=value ...]]):
+{scenarios}
+  handshake_401|403|429|500|503  refuse the handshake with that status (query only)
+
+scenario parameters:
+{parameters}
+
+control routes on the same port:
+  POST   /_emulator/handshake-faults  {{"status": 429, "count": N, "retry_after": S}}
+  GET    /_emulator/sessions          session records (no credentials)
+  DELETE /_emulator/sessions
+  GET    /_emulator/health
+  GET    /_emulator/stats
+"""
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.realtime_emulator",
+        description="Emulator of the Azure OpenAI Realtime GA WebSocket protocol at /openai/v1/realtime.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--port", type=int, required=True, help="plain listener port (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    parser.add_argument("--api-key", help="the key accepted as api-key header or Bearer value")
+    parser.add_argument(
+        "--token-public-key", type=Path, help="PEM public key verifying Entra-style RS256 tokens"
+    )
+    parser.add_argument("--tls-port", type=int, help="also serve wss:// on this port")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain for the TLS listener")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key for the TLS listener")
+    parser.add_argument("--speech", choices=("tones", "espeak"), default="tones", help="how answers sound")
+    arguments = parser.parse_args(argv)
+    if not _is_loopback(arguments.host):
+        parser.error("--host must be a loopback IP address, such as 127.0.0.1")
+    if arguments.tls_port is not None and not (arguments.tls_cert and arguments.tls_key):
+        parser.error("--tls-port needs --tls-cert and --tls-key")
+    return arguments
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if arguments.speech == "espeak" and not espeak_available():
+        print("espeak-ng is not installed; answering with tones", file=sys.stderr, flush=True)
+    config = EmulatorConfig(
+        api_key=arguments.api_key,
+        token_public_key=arguments.token_public_key.read_bytes() if arguments.token_public_key else None,
+        engine=arguments.speech,
+    )
+    listeners = [Listener(arguments.host, arguments.port)]
+    if arguments.tls_port is not None:
+        listeners.append(
+            Listener(arguments.host, arguments.tls_port, tls_context(arguments.tls_cert, arguments.tls_key))
+        )
+    asyncio.run(serve(config, listeners))
+
+
+if __name__ == "__main__":
+    main()

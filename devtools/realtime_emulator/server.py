@@ -1,0 +1,271 @@
+"""The emulator's HTTP side: the realtime WebSocket endpoint, its handshake, and the control routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import protocol
+from .auth import AuthenticationError, Authenticator
+from .scenarios import HANDSHAKE_STATUSES, Scenario, ScenarioError, scenario_from_query
+from .session import RealtimeSession, SessionRecord
+from .speech import Engine
+
+log = logging.getLogger(__name__)
+
+REALTIME_PATH = "/openai/v1/realtime"
+MAX_CLIENT_MESSAGE_BYTES = 16 * 1024 * 1024
+REFUSALS = {
+    400: "BadRequest",
+    401: "401",
+    403: "PermissionDenied",
+    429: "429",
+    500: "InternalServerError",
+    503: "ServiceUnavailable",
+}
+REFUSAL_MESSAGES = {
+    401: "Unauthorized. Access token is missing, invalid, audience is incorrect "
+    "(https://cognitiveservices.azure.com), or have expired.",
+    403: "The principal lacks the required data action "
+    "'Microsoft.CognitiveServices/accounts/OpenAI/deployments/realtime/action' to perform this operation.",
+    429: "Requests to the Realtime API have exceeded the call rate limit of your current pricing tier. "
+    "Please retry after {retry_after} seconds.",
+    500: "The server had an error while processing your request. Sorry about that!",
+    503: "The service is temporarily unable to process your request. Please try again later.",
+}
+DEFAULT_RETRY_AFTER = 1
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    api_key: str | None = None
+    token_public_key: bytes | None = None
+    engine: Engine = "tones"
+
+
+@dataclass
+class HandshakeFault:
+    status: int
+    remaining: int
+    retry_after: int | None
+
+
+@dataclass
+class EmulatorState:
+    config: EmulatorConfig
+    authenticator: Authenticator
+    records: list[SessionRecord] = field(default_factory=list)
+    open_sessions: set[RealtimeSession] = field(default_factory=set)
+    fault: HandshakeFault | None = None
+    connections_total: int = 0
+    refusals_by_status: dict[int, int] = field(default_factory=dict)
+
+    def take_fault(self) -> HandshakeFault | None:
+        fault = self.fault
+        if fault is None or fault.remaining <= 0:
+            return None
+        fault.remaining -= 1
+        return fault
+
+
+STATE = web.AppKey("state", EmulatorState)
+
+
+def create_app(config: EmulatorConfig) -> web.Application:
+    app = web.Application()
+    app[STATE] = EmulatorState(config, Authenticator(config.api_key, config.token_public_key))
+    app.router.add_get(REALTIME_PATH, realtime)
+    app.router.add_post("/_emulator/handshake-faults", set_handshake_faults)
+    app.router.add_get("/_emulator/sessions", list_sessions)
+    app.router.add_delete("/_emulator/sessions", clear_sessions)
+    app.router.add_get("/_emulator/health", health)
+    app.router.add_get("/_emulator/stats", stats)
+    app.on_shutdown.append(close_open_sessions)
+    return app
+
+
+async def realtime(request: web.Request) -> web.StreamResponse:
+    """The WebSocket handshake, refused the way Azure refuses it, then the realtime session."""
+    state = request.app[STATE]
+    ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_MESSAGE_BYTES, compress=False)
+    if not ws.can_prepare(request).ok:
+        return refuse(state, 400, "Expected a WebSocket upgrade request.")
+    try:
+        identity = state.authenticator.authenticate(request.headers)
+    except AuthenticationError as error:
+        return refuse(state, 401, str(error))
+    model = request.query.get("model")
+    if not model:
+        return refuse(state, 400, "Missing required query parameter: 'model'.")
+    try:
+        scenario = scenario_from_query(request.query)
+    except ScenarioError as error:
+        return refuse(state, 400, str(error))
+    fault = state.take_fault()
+    if fault is not None:
+        return refuse(state, fault.status, retry_after=fault.retry_after)
+    if scenario.handshake_status is not None:
+        return refuse(state, scenario.handshake_status, retry_after=scenario.retry_after)
+
+    await ws.prepare(request)
+    session = _open_session(state, ws, request, model, identity.as_record(), scenario)
+    log.info(
+        "session %s opened: auth=%s scenario=%s", session.record.session_id, identity.kind, scenario.name
+    )
+    try:
+        await session.run()
+    finally:
+        state.open_sessions.discard(session)
+        log.info("session %s ended: %s", session.record.session_id, session.record.ended_by)
+    return ws
+
+
+def _open_session(
+    state: EmulatorState,
+    ws: web.WebSocketResponse,
+    request: web.Request,
+    model: str,
+    auth: dict[str, object],
+    scenario: Scenario,
+) -> RealtimeSession:
+    session_id = protocol.new_id("sess")
+    record = SessionRecord(
+        session_id=session_id,
+        model=model,
+        auth=auth,
+        scenario=scenario.name,
+        scenario_params=scenario.params(),
+        session=protocol.default_session(session_id, model),
+    )
+    assert request.transport is not None, "an upgraded request has a transport"
+    session = RealtimeSession(ws, request.transport, record, scenario, state.config.engine)
+    state.records.append(record)
+    state.open_sessions.add(session)
+    state.connections_total += 1
+    return session
+
+
+def refuse(
+    state: EmulatorState, status: int, message: str | None = None, *, retry_after: int | None = None
+) -> web.Response:
+    """An Azure-style JSON error for a refused handshake (429 and 503 say when to retry)."""
+    state.refusals_by_status[status] = state.refusals_by_status.get(status, 0) + 1
+    headers = {"apim-request-id": str(uuid.uuid4())}
+    if status in (429, 503):
+        retry_after = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
+        headers["Retry-After"] = str(retry_after)
+    text = message or REFUSAL_MESSAGES[status].format(retry_after=retry_after)
+    log.info("handshake refused: %d %s", status, text)
+    return web.json_response(
+        {"error": {"code": REFUSALS[status], "message": text}}, status=status, headers=headers
+    )
+
+
+async def set_handshake_faults(request: web.Request) -> web.Response:
+    """``{"status": 429, "count": 2, "retry_after": 3}``: refuse the next ``count`` handshakes."""
+    try:
+        body = await request.json()
+        status = body["status"]
+        count = body.get("count", 1)
+        retry_after = body.get("retry_after")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return web.json_response({"error": "expected JSON {status, count, retry_after}"}, status=400)
+    if (
+        status not in HANDSHAKE_STATUSES
+        or not _is_count(count)
+        or not (retry_after is None or _is_count(retry_after))
+    ):
+        return web.json_response(
+            {"error": f"status must be one of {list(HANDSHAKE_STATUSES)}; count, retry_after: integers >= 0"},
+            status=400,
+        )
+    state = request.app[STATE]
+    state.fault = HandshakeFault(status, count, retry_after)
+    return web.json_response(_fault_json(state.fault))
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _fault_json(fault: HandshakeFault | None) -> dict[str, Any] | None:
+    if fault is None or fault.remaining <= 0:
+        return None
+    return {"status": fault.status, "remaining": fault.remaining, "retry_after": fault.retry_after}
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    return web.json_response([record.as_json() for record in request.app[STATE].records])
+
+
+async def clear_sessions(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    cleared = len(state.records)
+    state.records.clear()
+    return web.json_response({"cleared": cleared})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response(
+        {
+            "connections_open": len(state.open_sessions),
+            "connections_total": state.connections_total,
+            "handshake_refusals": sum(state.refusals_by_status.values()),
+            "handshake_refusals_by_status": {
+                str(code): n for code, n in sorted(state.refusals_by_status.items())
+            },
+            "handshake_faults_pending": _fault_json(state.fault),
+        }
+    )
+
+
+async def close_open_sessions(app: web.Application) -> None:
+    for session in list(app[STATE].open_sessions):
+        session.shutting_down = True
+        await session.ws.close(code=1001, message=b"emulator shutting down")
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+
+
+async def serve(config: EmulatorConfig, listeners: list[Listener]) -> None:
+    """Serve until SIGINT or SIGTERM; print one line per listener once it accepts connections."""
+    runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        for listener in listeners:
+            site = web.TCPSite(runner, listener.host, listener.port, ssl_context=listener.ssl_context)
+            await site.start()
+        for listener, address in zip(listeners, runner.addresses, strict=True):
+            scheme = "https" if listener.ssl_context else "http"
+            print(f"realtime emulator listening on {scheme}://{address[0]}:{address[1]}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
