@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import weakref
@@ -343,22 +344,27 @@ class Stack:
         self.object_id = str(uuid.uuid4())
         self.client_id = str(uuid.uuid4())
 
-        self.certs: DevCerts | None = None
-        self.identity: ServiceProcess | None = None
-        self.azurite: ServiceProcess | None = None
+        self._certs: DevCerts | None = None
+        self._identity: ServiceProcess | None = None
+        self._azurite: ServiceProcess | None = None
         self.emulator: ServiceProcess | None = None
+        """The realtime emulator, None when this stack runs without it."""
         self.emulator_tls_port: int | None = None
         self.hosts: list[ServiceProcess] = []
+        self._previous_sigterm: signal.Handlers | Callable[..., object] | int | None = None
 
     # lifecycle
 
     def start(self) -> Self:
         """Start every stand-in (in parallel) and wait until all are ready."""
+        if self._certs is not None:
+            raise RuntimeError("the stack is already started")
+        self._exit_cleanly_on_sigterm()
         try:
-            self.certs = ensure_dev_certs(self.state_dir)
-            services = [self._make_identity(self.certs), self._make_azurite(self.certs)]
+            self._certs = certs = ensure_dev_certs(self.state_dir)
+            services = [self._make_identity(certs), self._make_azurite(certs)]
             if self.with_emulator:
-                services.append(self._make_emulator(self.certs))
+                services.append(self._make_emulator(certs))
             for service in services:
                 service.spawn()
             for service in services:
@@ -372,7 +378,7 @@ class Stack:
     def close(self) -> None:
         """Stop hosts first, then the stand-ins; keep going if one of them fails to stop."""
         errors: list[BaseException] = []
-        for service in [*reversed(self.hosts), self.emulator, self.azurite, self.identity]:
+        for service in [*reversed(self.hosts), self.emulator, self._azurite, self._identity]:
             if service is None:
                 continue
             try:
@@ -380,37 +386,77 @@ class Stack:
             except Exception as error:  # stop the rest regardless
                 errors.append(error)
         self.hosts.clear()
+        self._restore_sigterm()
         if errors:
             raise ExceptionGroup("failed to stop some services", errors)
 
     def __enter__(self) -> Self:
-        return self
+        return self if self._certs is not None else self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
+    def _exit_cleanly_on_sigterm(self) -> None:
+        """Turn SIGTERM (CI timeouts, `kill`) into SystemExit so `close()` still runs.
+
+        The services live in their own process groups, so nobody else would stop them. Only done from
+        the main thread and only when nobody installed a SIGTERM handler already.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def exit_on_sigterm(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, exit_on_sigterm)
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
     @property
     def services(self) -> list[ServiceProcess]:
-        started = [self.identity, self.azurite, self.emulator, *self.hosts]
+        """Every service this stack started (stand-ins and hosts), running or not."""
+        started = [self._identity, self._azurite, self.emulator, *self.hosts]
         return [service for service in started if service is not None]
+
+    @property
+    def certs(self) -> DevCerts:
+        """CA, server certificate and token-signing keys (see `devtools.certs`)."""
+        if self._certs is None:
+            raise RuntimeError("the stack is not started")
+        return self._certs
+
+    @property
+    def identity(self) -> ServiceProcess:
+        """The managed-identity endpoint process (`stop()`/`restart()` for outage tests)."""
+        return self._require(self._identity, "identity endpoint")
+
+    @property
+    def azurite(self) -> ServiceProcess:
+        """The Azurite process (`stop()`/`restart()` for outage tests)."""
+        return self._require(self._azurite, "azurite")
 
     # addresses and settings
 
     @property
     def ca_file(self) -> Path:
-        return self._certs.ca_file
+        return self.certs.ca_file
 
     @property
     def storage_url(self) -> str:
         """Blob account URL, `https://127.0.0.1:PORT/devstoreaccount1`."""
-        return azurite.account_url(self._require(self.azurite, "azurite").port)
+        return azurite.account_url(self.azurite.port)
 
     @property
     def identity_endpoint(self) -> str:
         """`IDENTITY_ENDPOINT`: the token URL of the managed-identity stand-in."""
-        return f"{self._require(self.identity, 'identity endpoint').url}/msi/token"
+        return f"{self.identity.url}/msi/token"
 
     @property
     def openai_endpoint(self) -> str:
@@ -442,8 +488,7 @@ class Stack:
 
     def identity_stats(self) -> dict[str, object]:
         """Counts of tokens issued (per resource) and refused by the identity endpoint."""
-        identity = self._require(self.identity, "identity endpoint")
-        connection = http.client.HTTPConnection(identity.host, identity.port, timeout=5)
+        connection = http.client.HTTPConnection(self.identity.host, self.identity.port, timeout=5)
         try:
             connection.request("GET", "/stats")
             return json.loads(connection.getresponse().read())
@@ -499,8 +544,8 @@ class Stack:
             *("--tenant-id", self.tenant_id, "--object-id", self.object_id, "--client-id", self.client_id),
             *("--token-lifetime", str(self.token_lifetime)),
         ]
-        self.identity = self._service("identity", argv, http_probe("/health"))
-        return self.identity
+        self._identity = self._service("identity", argv, http_probe("/health"))
+        return self._identity
 
     def _make_azurite(self, certs: DevCerts) -> ServiceProcess:
         location = None
@@ -508,8 +553,8 @@ class Stack:
             location = self.state_dir / "azurite"
             location.mkdir(parents=True, exist_ok=True)
         argv = azurite.azurite_argv(PORT_PLACEHOLDER, certs, host=LOOPBACK, location=location)
-        self.azurite = self._service("azurite", argv, azurite_probe(certs.ca_file), scheme="https")
-        return self.azurite
+        self._azurite = self._service("azurite", argv, azurite_probe(certs.ca_file), scheme="https")
+        return self._azurite
 
     def _make_emulator(self, certs: DevCerts) -> ServiceProcess:
         argv = [
@@ -530,12 +575,6 @@ class Stack:
     ) -> ServiceProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return ServiceProcess(name, argv, probe=probe, log_dir=self.log_dir, scheme=scheme, env=env)
-
-    @property
-    def _certs(self) -> DevCerts:
-        if self.certs is None:
-            raise RuntimeError("the stack is not started")
-        return self.certs
 
     @staticmethod
     def _require(service: ServiceProcess | None, what: str) -> ServiceProcess:
