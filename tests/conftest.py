@@ -25,8 +25,11 @@ ClientEnv = Callable[..., AbstractContextManager[dict[str, str]]]
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The stand-ins for the whole session, state in a private tmp dir (parallel runs don't clash)."""
-    with start_stack(Path(tmp_path_factory.mktemp("stack"))) as running:
+    """The stand-ins for the whole session, state in a private tmp dir (parallel runs don't clash).
+
+    The realtime emulator also gets its TLS listener (`stack.openai_tls_endpoint`) for `wss://` clients.
+    """
+    with start_stack(Path(tmp_path_factory.mktemp("stack")), emulator_tls=True) as running:
         yield running
 
 

@@ -37,7 +37,7 @@ COGNITIVE_SERVICES = "https://cognitiveservices.azure.com"
 
 
 def _verified_claims(stack: Stack, token: str, audience: str) -> dict[str, object]:
-    public_key = stack._certs.token_signing_public_key.read_bytes()
+    public_key = stack.certs.token_signing_public_key.read_bytes()
     return jwt.decode(
         token,
         public_key,
@@ -122,7 +122,7 @@ async def test_managed_identity_credential_gets_a_storage_token(
 
     header = jwt.get_unverified_header(token.token)
     assert header["alg"] == "RS256"
-    assert header["kid"] == stack._certs.token_key_id
+    assert header["kid"] == stack.certs.token_key_id
     unverified = jwt.decode(token.token, options={"verify_signature": False})
     assert unverified["aud"] == STORAGE  # azure-identity strips "/.default"
     claims = _verified_claims(stack, token.token, STORAGE)
@@ -309,6 +309,47 @@ async def test_identity_endpoint_outage_and_restart_on_the_same_port(
     async with credential:
         token = await credential.get_token(f"{STORAGE}/.default")
     _assert_identity_claims(stack, _verified_claims(stack, token.token, STORAGE))
+
+
+# --- the realtime emulator as wired by the stack --------------------------------------------------
+
+
+@pytest.fixture
+def emulator(stack: Stack) -> ServiceProcess:
+    if stack.emulator is None:
+        pytest.skip("devtools.realtime_emulator is not available")
+    return stack.emulator
+
+
+async def _handshake(url: str, headers: dict[str, str], ssl_context: ssl.SSLContext | bool = True) -> str:
+    """Open the realtime WebSocket and return the type of the first event (or 'HTTP <status>')."""
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.ws_connect(url, headers=headers, ssl=ssl_context) as ws:
+                return str((await ws.receive_json(timeout=10))["type"])
+        except aiohttp.WSServerHandshakeError as refused:
+            return f"HTTP {refused.status}"
+
+
+async def test_emulator_accepts_managed_identity_tokens_and_its_key(
+    stack: Stack, emulator: ServiceProcess, identity_credential: ManagedIdentityCredential
+) -> None:
+    url = f"{stack.openai_endpoint.replace('http', 'ws', 1)}/openai/v1/realtime?model=gpt-realtime"
+    token = (await identity_credential.get_token(f"{COGNITIVE_SERVICES}/.default")).token
+    storage_token = (await identity_credential.get_token(f"{STORAGE}/.default")).token
+
+    assert await _handshake(url, {"Authorization": f"Bearer {token}"}) == "session.created"
+    assert await _handshake(url, {"api-key": stack.emulator_api_key}) == "session.created"
+    assert await _handshake(url, {"Authorization": f"Bearer {storage_token}"}) == "HTTP 401"
+    assert await _handshake(url, {"api-key": "wrong"}) == "HTTP 401"
+
+
+async def test_emulator_tls_listener_is_trusted_through_the_test_ca(
+    stack: Stack, emulator: ServiceProcess, ca_ssl_context: ssl.SSLContext
+) -> None:
+    url = f"{stack.openai_tls_endpoint.replace('https', 'wss', 1)}/openai/v1/realtime?model=gpt-realtime"
+
+    assert await _handshake(url, {"api-key": stack.emulator_api_key}, ca_ssl_context) == "session.created"
 
 
 # --- process control --------------------------------------------------------------------------------
