@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -99,7 +98,8 @@ def azurite_probe(ca_file: Path) -> Probe:
 
 # --- one service ------------------------------------------------------------------------------------
 
-_live: weakref.WeakSet[ServiceProcess] = weakref.WeakSet()
+# Running services, strongly referenced: one its owner dropped without stopping is still stopped at exit.
+_live: set[ServiceProcess] = set()
 
 
 @atexit.register
