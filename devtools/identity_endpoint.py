@@ -164,9 +164,13 @@ def _check_query(request: web.Request, identity: Identity) -> str:
     selectors = {name: query[name] for name in IDENTITY_SELECTORS if name in query}
     if len(selectors) > 1:
         raise RequestError(400, "Only one of client_id, object_id, principal_id or mi_res_id may be given.")
+    known = {
+        "client_id": identity.client_id,
+        "object_id": identity.object_id,
+        "principal_id": identity.object_id,
+    }
     for name, value in selectors.items():
-        known = {"client_id": identity.client_id}.get(name, identity.object_id)
-        if name == "mi_res_id" or value.lower() != known.lower():
+        if name not in known or value.lower() != known[name].lower():  # no ARM resource ids here
             raise RequestError(400, f"No managed identity found for the given {name}.")
     return resource
 
@@ -194,7 +198,9 @@ def load_signing_key(path: Path) -> rsa.RSAPrivateKey:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.identity_endpoint", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--secret", required=True, help="expected X-IDENTITY-HEADER value (IDENTITY_HEADER)")
