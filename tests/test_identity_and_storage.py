@@ -159,6 +159,15 @@ async def test_tokens_are_unique_and_cached_by_the_credential(stack: Stack, clie
     assert len(jti) == 2
 
 
+async def test_credential_selecting_the_identity_by_client_id(stack: Stack, client_env: ClientEnv) -> None:
+    with client_env():
+        credential = ManagedIdentityCredential(client_id=stack.client_id)  # sent as ?client_id=
+    async with credential:
+        token = await credential.get_token(f"{STORAGE}/.default")
+
+    _assert_identity_claims(stack, _verified_claims(stack, token.token, STORAGE))
+
+
 async def test_credential_with_a_wrong_identity_header_is_refused(client_env: ClientEnv) -> None:
     with client_env(IDENTITY_HEADER="not-the-secret"):
         credential = ManagedIdentityCredential()
