@@ -26,6 +26,8 @@ from .service import SpeechService
 from .settings import SettingsError, get_settings, settings_status
 
 log = logging.getLogger("realtime_speech")
+# The Azure SDK logs every HTTP request and response at INFO; one line per request is ours to write.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

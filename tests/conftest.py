@@ -20,6 +20,8 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from devtools.stack import Stack, is_ambient_setting, start_stack
 
+from .speech_client import SpeechClient
+
 ClientEnv = Callable[..., AbstractContextManager[dict[str, str]]]
 
 
@@ -78,4 +80,40 @@ async def blob_service(
     async with BlobServiceClient(
         stack.storage_url, credential=identity_credential, connection_verify=str(stack.ca_file)
     ) as client:
+        yield client
+
+
+async def _speech_client(stack: Stack, credential: ManagedIdentityCredential, **overrides: str | None):
+    """A running function host (dev host, own process) with the stack's settings plus `overrides`."""
+    host = stack.start_host(overrides)
+    client = SpeechClient(
+        host_url=host.url,
+        emulator_url=stack.openai_endpoint,
+        storage_url=stack.storage_url,
+        ca_file=str(stack.ca_file),
+        credential=credential,
+        api_key=overrides.get("AZURE_OPENAI_API_KEY"),
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+        host.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def speech(stack: Stack, identity_credential: ManagedIdentityCredential) -> AsyncIterator[SpeechClient]:
+    """The function app with managed-identity auth, as deployed."""
+    async for client in _speech_client(stack, identity_credential):
+        yield client
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def api_key_speech(
+    stack: Stack, identity_credential: ManagedIdentityCredential
+) -> AsyncIterator[SpeechClient]:
+    """The function app with `AZURE_OPENAI_API_KEY` set (local key auth to the model)."""
+    async for client in _speech_client(
+        stack, identity_credential, AZURE_OPENAI_API_KEY=stack.emulator_api_key
+    ):
         yield client
