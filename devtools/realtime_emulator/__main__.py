@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from .scenarios import PARAMETERS, RESPONSE_SCENARIOS
-from .server import EmulatorConfig, Listener, serve, tls_context
 from .speech import espeak_available
 
 
@@ -68,6 +67,9 @@ def _is_loopback(host: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = parse_arguments(argv)
+    # The server imports the openai SDK's types (slow to load); --help and argument errors do not need it.
+    from .server import EmulatorConfig, Listener, serve, tls_context
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if arguments.speech == "espeak" and not espeak_available():
         print("espeak-ng is not installed; answering with tones", file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 FIRST_CHUNK_SIZES = (4800, 7200)
 CHUNK_SIZE_CAP = 12000
+TOKEN_LIMIT_STEP_BYTES = 2400
 SERVER_ERROR_MESSAGE = (
     "The server had an error while processing your request. Sorry about that! You can retry your request, "
     "or contact us through an Azure support request if the error persists. "
@@ -295,7 +296,8 @@ class RealtimeSession:
         )
         instructions = params.get("instructions", self._session["instructions"])
         input_tokens = self._input_tokens(instructions, items)
-        limit, cut_by_token_limit = self._audio_limit(speech, settings["max_output_tokens"])
+        audio = settings["output_modalities"] == ["audio"]
+        limit, cut_by_token_limit = self._audio_limit(speech, settings["max_output_tokens"], audio)
         return Plan(speech, self._scenario, settings, input_tokens, limit, cut_by_token_limit)
 
     def _input_tokens(self, instructions: str, items: list[dict[str, Any]]) -> tuple[int, int]:
@@ -306,17 +308,25 @@ class RealtimeSession:
             audio += self._audio_tokens_by_item.get(item["id"], 0) if "id" in item else 0
         return text, audio
 
-    def _audio_limit(self, speech: Speech, max_output_tokens: int | str) -> tuple[int, bool]:
-        """How many audio bytes to send: all, the scenario's share, or what ``max_output_tokens`` allows."""
+    def _audio_limit(self, speech: Speech, max_output_tokens: int | str, audio: bool) -> tuple[int, bool]:
+        """How far into the speech to go: all of it, the scenario's share, or what ``max_output_tokens``
+        allows (then the response ends ``incomplete``)."""
         limit = len(speech.pcm)
         if self._scenario.name in CUT_SCENARIOS:
             limit = int(len(speech.pcm) * self._scenario.at) // 2 * 2
-        if isinstance(max_output_tokens, int):
-            needed = protocol.text_tokens(speech.transcript) + protocol.audio_tokens(len(speech.pcm))
-            if needed > max_output_tokens:
-                allowed = int(len(speech.pcm) * max_output_tokens / needed) // 2 * 2
-                if allowed < limit:
-                    return allowed, True
+        if not isinstance(max_output_tokens, int):
+            return limit, False
+        needed = _output_tokens(speech, len(speech.pcm), audio)
+        allowed = (
+            len(speech.pcm)
+            if needed <= max_output_tokens
+            else int(len(speech.pcm) * max_output_tokens / needed)
+        )
+        allowed = allowed // 2 * 2
+        while allowed > 0 and _output_tokens(speech, allowed, audio) > max_output_tokens:
+            allowed = max(allowed - TOKEN_LIMIT_STEP_BYTES, 0)
+        if allowed < limit:
+            return allowed, True
         return limit, False
 
     async def _respond(self, plan: Plan, active: ActiveResponse) -> None:
@@ -522,6 +532,12 @@ async def _wait_until(cancel: asyncio.Event, delay: float) -> None:
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(cancel.wait(), delay)
+
+
+def _output_tokens(speech: Speech, limit: int, audio: bool) -> int:
+    """Output tokens of the speech up to byte ``limit``: its transcript, and its audio if spoken."""
+    text = "".join(delta for offset, delta in speech.marks if offset < limit)
+    return protocol.text_tokens(text) + (protocol.audio_tokens(limit) if audio else 0)
 
 
 def _message_text(item: dict[str, Any]) -> str:

@@ -1,0 +1,910 @@
+"""The realtime emulator over real sockets, driven by the real openai SDK.
+
+Every server event received is validated strictly against the SDK's ``RealtimeServerEvent`` types,
+and may carry no field the SDK does not know (apart from the session's id/object/expires_at, which
+the service sends and the SDK's request type does not declare).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import queue
+import secrets
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pydantic
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from openai import AsyncOpenAI, Omit
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
+from openai.types.realtime import RealtimeServerEvent
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
+from devtools.realtime_emulator import SAMPLE_RATE, synthesize
+from devtools.realtime_emulator.speech import espeak_available
+
+REPO = Path(__file__).resolve().parents[1]
+API_KEY = "emulator-test-key-" + secrets.token_hex(8)
+AUDIENCE = "https://cognitiveservices.azure.com"
+TENANT = "72f988bf-0000-4000-8000-000000000001"
+OBJECT_ID = "0b1c2d3e-0000-4000-8000-000000000002"
+APP_ID = "5a6b7c8d-0000-4000-8000-000000000003"
+MODEL = "gpt-realtime"
+QUESTION = "Please assist the user with a short answer."
+SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
+SERVICE_FIELDS_UNKNOWN_TO_SDK = {"session.id", "session.object", "session.expires_at"}
+QUICKSTART_SESSION: dict[str, Any] = {
+    "type": "realtime",
+    "instructions": "You are a helpful assistant. You respond by voice and text.",
+    "output_modalities": ["audio"],
+    "audio": {
+        "input": {
+            "transcription": {"model": "whisper-1"},
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "turn_detection": {
+                "type": "server_vad",
+                "threshold": 0.5,
+                "prefix_padding_ms": 300,
+                "silence_duration_ms": 200,
+                "create_response": True,
+            },
+        },
+        "output": {"voice": "coral", "format": {"type": "audio/pcm", "rate": 24000}},
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The emulator process, keys and certificates
+
+
+@dataclass(frozen=True)
+class Keys:
+    signing: bytes
+    public_path: Path
+    foreign: bytes
+    """A key the emulator does not trust, for forged tokens."""
+
+
+@dataclass(frozen=True)
+class Emulator:
+    port: int
+    tls_port: int
+    log_path: Path
+    ca: trustme.CA
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, api_key: Any = API_KEY, *, tls: bool = False) -> AsyncOpenAI:
+        base = f"wss://127.0.0.1:{self.tls_port}" if tls else f"ws://127.0.0.1:{self.port}"
+        return AsyncOpenAI(
+            websocket_base_url=f"{base}/openai/v1", api_key=api_key, base_url=f"{self.http}/v1"
+        )
+
+    def tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+def _private_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_path = tmp_path_factory.mktemp("keys") / "token-signing.pub.pem"
+    public_path.write_bytes(
+        signing.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return Keys(_private_pem(signing), public_path, _private_pem(foreign))
+
+
+def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
+    for line in stream:
+        lines.put(line)
+
+
+@pytest.fixture(scope="module")
+def emulator(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    folder = tmp_path_factory.mktemp("emulator")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path = folder / "server.pem", folder / "server.key"
+    server_cert.cert_chain_pems[0].write_to_path(cert_path)
+    server_cert.private_key_pem.write_to_path(key_path)
+    log_path = folder / "emulator.log"
+    argv = [
+        *(sys.executable, "-m", "devtools.realtime_emulator", "--port", "0", "--host", "127.0.0.1"),
+        *("--api-key", API_KEY, "--token-public-key", str(keys.public_path)),
+        *("--tls-port", "0", "--tls-cert", str(cert_path), "--tls-key", str(key_path)),
+    ]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
+    try:
+        ports = [int(lines.get(timeout=30).rsplit(":", 1)[1]) for _ in range(2)]
+        yield Emulator(ports[0], ports[1], log_path, ca)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log_path.read_text()
+
+
+def make_token(private_pem: bytes, *, audience: str = AUDIENCE, expires_in: int = 3600) -> str:
+    now = int(time.time())
+    claims = {
+        "aud": audience,
+        "iss": f"https://sts.windows.net/{TENANT}/",
+        "iat": now - 60,
+        "nbf": now - 60,
+        "exp": now + expires_in,
+        "oid": OBJECT_ID,
+        "tid": TENANT,
+        "appid": APP_ID,
+    }
+    return jwt.encode(claims, private_pem, algorithm="RS256", headers={"kid": "test-signing-key"})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Receiving and checking events
+
+
+def unknown_fields(model: pydantic.BaseModel, path: str = "") -> set[str]:
+    """Fields of a parsed event that its SDK type does not declare, as dotted paths."""
+    found = {f"{path}{name}" for name in (model.model_extra or {})}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        children = value if isinstance(value, list) else [value]
+        for child in children:
+            if isinstance(child, pydantic.BaseModel):
+                found |= unknown_fields(child, f"{path}{name}.")
+    return found
+
+
+def checked(raw: bytes | str) -> dict[str, Any]:
+    """Decode a server event and validate it strictly against the SDK's types."""
+    event = json.loads(raw)
+    parsed = SERVER_EVENT.validate_python(event, strict=True)
+    assert unknown_fields(parsed) <= SERVICE_FIELDS_UNKNOWN_TO_SDK, event["type"]
+    return event
+
+
+async def receive(connection: AsyncRealtimeConnection, within: float = 10.0) -> dict[str, Any]:
+    async with asyncio.timeout(within):
+        return checked(await connection.recv_bytes())
+
+
+async def collect(
+    connection: AsyncRealtimeConnection,
+    events: list[dict[str, Any]],
+    until: Callable[[dict[str, Any]], bool],
+    within: float = 20.0,
+) -> list[dict[str, Any]]:
+    """Append received events to ``events`` until one satisfies ``until``; returns ``events``."""
+    async with asyncio.timeout(within):
+        while True:
+            event = checked(await connection.recv_bytes())
+            events.append(event)
+            if until(event):
+                return events
+
+
+def never(event: dict[str, Any]) -> bool:
+    return False
+
+
+def is_type(*types: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: event["type"] in types
+
+
+@dataclass
+class Turn:
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def types(self) -> list[str]:
+        return [event["type"] for event in self.events]
+
+    @property
+    def audio_chunks(self) -> list[bytes]:
+        return [
+            base64.b64decode(event["delta"])
+            for event in self.events
+            if event["type"] == "response.output_audio.delta"
+        ]
+
+    @property
+    def audio(self) -> bytes:
+        return b"".join(self.audio_chunks)
+
+    @property
+    def transcript_deltas(self) -> str:
+        return "".join(
+            event["delta"]
+            for event in self.events
+            if event["type"] == "response.output_audio_transcript.delta"
+        )
+
+    def last(self, type_: str) -> dict[str, Any]:
+        return [event for event in self.events if event["type"] == type_][-1]
+
+
+@asynccontextmanager
+async def connected(
+    emulator: Emulator, *, client: AsyncOpenAI | None = None, **query: str
+) -> AsyncIterator[tuple[AsyncRealtimeConnection, dict[str, Any]]]:
+    """A realtime connection (scenario parameters as query) and its ``session.created`` event."""
+    client = client or emulator.client()
+    async with client.realtime.connect(model=MODEL, extra_query=query) as connection:
+        created = await receive(connection)
+        assert created["type"] == "session.created"
+        yield connection, created
+
+
+async def send_question(connection: AsyncRealtimeConnection, text: str) -> None:
+    await connection.conversation.item.create(
+        item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    )
+    await connection.response.create()
+
+
+async def ask(
+    connection: AsyncRealtimeConnection, text: str, *, until: Callable[[dict[str, Any]], bool] | None = None
+) -> Turn:
+    """Send a user message and ``response.create``; collect events up to ``response.done`` (or ``until``)."""
+    await send_question(connection, text)
+    turn = Turn()
+    await collect(connection, turn.events, until or is_type("response.done"))
+    return turn
+
+
+async def session_records(emulator: Emulator) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{emulator.http}/_emulator/sessions") as response:
+        assert response.status == 200
+        return await response.json()
+
+
+async def session_record(emulator: Emulator, session_id: str) -> dict[str, Any]:
+    return next(record for record in await session_records(emulator) if record["session_id"] == session_id)
+
+
+async def control(emulator: Emulator, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, f"{emulator.http}{path}", json=body) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def refused(emulator: Emulator, client: AsyncOpenAI | None = None, **query: str) -> InvalidStatus:
+    """Attempt a connection that the emulator must refuse at the handshake; returns the SDK's error."""
+    with pytest.raises(InvalidStatus) as caught:
+        async with (client or emulator.client()).realtime.connect(model=MODEL, extra_query=query):
+            pass
+    return caught.value
+
+
+async def ended_record(emulator: Emulator, session_id: str) -> dict[str, Any]:
+    """The session's record once the emulator has noticed that the connection ended."""
+    for _ in range(250):
+        record = await session_record(emulator, session_id)
+        if record["ended_by"] is not None:
+            return record
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"session {session_id} did not end")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The full exchange
+
+EXPECTED_HEAD = [
+    "session.updated",
+    "conversation.item.added",
+    "conversation.item.done",
+    "response.created",
+    "rate_limits.updated",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+]
+EXPECTED_TAIL = [
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "conversation.item.done",
+    "response.done",
+]
+
+
+@pytest.mark.parametrize("key_header", ["authorization-bearer", "api-key"])
+async def test_text_in_audio_out_with_an_api_key(emulator: Emulator, key_header: str) -> None:
+    if key_header == "api-key":
+        client = emulator.client(api_key="not-the-key")
+        connect = client.realtime.connect(
+            model=MODEL, extra_headers={"api-key": API_KEY, "Authorization": Omit()}
+        )
+    else:
+        connect = emulator.client().realtime.connect(model=MODEL)
+    async with connect as connection:
+        created = await receive(connection)
+        await connection.session.update(session=QUICKSTART_SESSION)
+        turn = Turn()
+        await collect(connection, turn.events, is_type("session.updated"))
+        turn.events += (await ask(connection, QUESTION)).events
+
+    expected = synthesize(QUESTION, "coral")
+    assert turn.types[: len(EXPECTED_HEAD)] == EXPECTED_HEAD
+    assert turn.types[-len(EXPECTED_TAIL) :] == EXPECTED_TAIL
+    assert set(turn.types[len(EXPECTED_HEAD) : -len(EXPECTED_TAIL)]) == {
+        "response.output_audio.delta",
+        "response.output_audio_transcript.delta",
+    }
+    assert turn.audio == expected.pcm
+    assert 2.0 < expected.seconds < 5.0
+    assert [len(chunk) for chunk in turn.audio_chunks[:3]] == [4800, 7200, 12000]
+    assert max(len(chunk) for chunk in turn.audio_chunks) == 12000
+    assert turn.transcript_deltas == expected.transcript == QUESTION
+    assert turn.last("response.output_audio_transcript.done")["transcript"] == QUESTION
+
+    response = turn.last("response.done")["response"]
+    assert response["status"] == "completed"
+    assert response["output"][0]["content"][0] == {"type": "output_audio", "transcript": QUESTION}
+    assert response["audio"]["output"]["voice"] == "coral"
+    usage = response["usage"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert usage["output_token_details"]["audio_tokens"] == pytest.approx(expected.seconds * 20, abs=1)
+    assert usage["output_token_details"]["text_tokens"] == pytest.approx(len(QUESTION) / 4, abs=1)
+    assert usage["input_token_details"]["text_tokens"] > len(QUICKSTART_SESSION["instructions"]) / 4
+
+    record = await ended_record(emulator, created["session"]["id"])
+    assert record["auth"] == {"kind": "api-key", "claims": {}}
+    assert record["model"] == MODEL
+    assert record["session"]["instructions"] == QUICKSTART_SESSION["instructions"]
+    assert record["session"]["audio"]["output"]["voice"] == "coral"
+    assert record["session"]["audio"]["input"]["transcription"] == {"model": "whisper-1"}
+    assert record["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert record["client_event_types"] == ["session.update", "conversation.item.create", "response.create"]
+    assert record["user_text"] == QUESTION
+    assert record["transcript"] == QUESTION
+    assert record["audio_bytes"] == len(expected.pcm)
+    assert record["audio_sha256"] == hashlib.sha256(expected.pcm).hexdigest()
+    assert record["response_id"] == response["id"]
+    assert record["response_status"] == "completed"
+    assert record["ended_by"] == "client_close"
+    assert API_KEY not in json.dumps(record)
+
+
+async def test_session_created_carries_the_services_defaults(emulator: Emulator) -> None:
+    async with connected(emulator) as (_, created):
+        session = created["session"]
+    assert session["id"].startswith("sess_")
+    assert session["type"] == "realtime"
+    assert session["model"] == MODEL
+    assert session["instructions"]
+    assert session["output_modalities"] == ["audio"]
+    assert session["audio"]["output"] == {
+        "format": {"type": "audio/pcm", "rate": 24000},
+        "voice": "alloy",
+        "speed": 1.0,
+    }
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert session["expires_at"] > time.time()
+
+
+async def test_same_text_and_voice_give_the_same_bytes_over_two_sessions(emulator: Emulator) -> None:
+    audio = []
+    for _ in range(2):
+        async with connected(emulator) as (connection, _):
+            audio.append((await ask(connection, "Same words, same sound.")).audio)
+    assert audio[0] == audio[1] == synthesize("Same words, same sound.", "alloy").pcm
+
+
+async def test_text_only_responses_stream_text_events(emulator: Emulator) -> None:
+    async with connected(emulator) as (connection, _):
+        await connection.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        await receive(connection)
+        turn = await ask(connection, "Write it down.")
+    assert "response.output_audio.delta" not in turn.types
+    assert turn.last("response.output_text.done")["text"] == "Write it down."
+    assert turn.last("response.done")["response"]["output"][0]["content"][0]["type"] == "output_text"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Authentication at the handshake
+
+
+@pytest.mark.parametrize("audience", [AUDIENCE, AUDIENCE + "/"])
+async def test_entra_token_for_cognitive_services_is_accepted(
+    emulator: Emulator, keys: Keys, audience: str
+) -> None:
+    token = make_token(keys.signing, audience=audience)
+
+    async def token_provider() -> str:
+        return token
+
+    async with connected(emulator, client=emulator.client(api_key=token_provider)) as (connection, created):
+        turn = await ask(connection, "Signed in with a token.")
+    assert turn.last("response.done")["response"]["status"] == "completed"
+    record = await session_record(emulator, created["session"]["id"])
+    assert record["auth"] == {
+        "kind": "entra",
+        "claims": {
+            "aud": audience,
+            "iss": f"https://sts.windows.net/{TENANT}/",
+            "oid": OBJECT_ID,
+            "tid": TENANT,
+            "appid": APP_ID,
+        },
+    }
+    assert token not in json.dumps(record)
+
+
+@pytest.mark.parametrize(
+    "credential",
+    ["forged signature", "wrong audience", "expired", "garbage", "wrong api key", "none"],
+)
+async def test_bad_credentials_are_refused_with_401(emulator: Emulator, keys: Keys, credential: str) -> None:
+    tokens = {
+        "forged signature": lambda: make_token(keys.foreign),
+        "wrong audience": lambda: make_token(keys.signing, audience="https://storage.azure.com"),
+        "expired": lambda: make_token(keys.signing, expires_in=-120),
+        "garbage": lambda: "not.a.token",
+        "wrong api key": lambda: "not-the-key",
+    }
+    if credential == "none":
+        client = emulator.client(api_key="unused")
+        with pytest.raises(InvalidStatus) as caught:
+            async with client.realtime.connect(model=MODEL, extra_headers={"Authorization": Omit()}):
+                pass
+        error = caught.value
+    else:
+        error = await refused(emulator, emulator.client(api_key=tokens[credential]()))
+    assert error.response.status_code == 401
+    body = json.loads(error.response.body)
+    assert body["error"]["code"] == "401"
+    assert body["error"]["message"]
+
+
+async def test_api_key_header_with_the_wrong_key_is_refused(emulator: Emulator) -> None:
+    client = emulator.client(api_key="unused")
+    with pytest.raises(InvalidStatus) as caught:
+        async with client.realtime.connect(
+            model=MODEL, extra_headers={"api-key": "wrong", "Authorization": Omit()}
+        ):
+            pass
+    assert caught.value.response.status_code == 401
+    assert "subscription key" in json.loads(caught.value.response.body)["error"]["message"]
+
+
+def test_credentials_never_reach_the_log(emulator: Emulator) -> None:
+    log = emulator.log_path.read_text()
+    assert "session" in log
+    assert API_KEY not in log
+    assert "eyJ" not in log
+
+
+# ---------------------------------------------------------------------------------------------------------
+# session.update validation
+
+
+@pytest.mark.parametrize(
+    ("update", "code", "param"),
+    [
+        ({"audio": {"output": {"voice": "nova"}}}, "invalid_value", "session.audio.output.voice"),
+        (
+            {"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+            "invalid_value",
+            "session.audio.output.format.rate",
+        ),
+        (
+            {"audio": {"input": {"format": {"type": "audio/wav"}}}},
+            "invalid_value",
+            "session.audio.input.format.type",
+        ),
+        (
+            {"audio": {"output": {"format": {"type": "audio/pcmu"}}}},
+            "unsupported_by_emulator",
+            "session.audio.output.format",
+        ),
+        ({"voice": "alloy"}, "unknown_parameter", "session.voice"),
+        (
+            {"audio": {"output": {"voice": "alloy", "pitch": 2}}},
+            "unknown_parameter",
+            "session.audio.output.pitch",
+        ),
+        ({"instructions": 42}, "invalid_type", "session.instructions"),
+        ({"audio": {"output": {"speed": 3}}}, "decimal_above_max_value", "session.audio.output.speed"),
+        ({"output_modalities": ["audio", "text"]}, "array_above_max_length", "session.output_modalities"),
+        ({"max_output_tokens": 0}, "integer_below_min_value", "session.max_output_tokens"),
+        (
+            {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": "high"}}}},
+            "invalid_type",
+            "session.audio.input.turn_detection.threshold",
+        ),
+    ],
+)
+async def test_invalid_session_update_is_an_error_and_changes_nothing(
+    emulator: Emulator, update: dict[str, Any], code: str, param: str
+) -> None:
+    async with connected(emulator) as (connection, created):
+        await connection.send(
+            {"type": "session.update", "event_id": "evt_client_1", "session": {"type": "realtime", **update}}
+        )  # type: ignore[arg-type]
+        error = await receive(connection)
+        await connection.session.update(session={"type": "realtime"})
+        unchanged = await receive(connection)
+    assert error["type"] == "error"
+    assert error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["code"] == code
+    assert error["error"]["param"] == param
+    assert error["error"]["event_id"] == "evt_client_1"
+    assert error["error"]["message"]
+    assert unchanged["type"] == "session.updated"
+    assert unchanged["session"] == created["session"]
+    record = await session_record(emulator, created["session"]["id"])
+    assert record["error_codes"] == [code]
+    assert record["session"] == created["session"]
+
+
+async def test_session_update_without_type_is_missing_a_required_parameter(emulator: Emulator) -> None:
+    async with connected(emulator) as (connection, _):
+        await connection.send({"type": "session.update", "session": {"instructions": "Hi."}})  # type: ignore[arg-type]
+        error = await receive(connection)
+    assert (error["error"]["code"], error["error"]["param"]) == ("missing_required_parameter", "session.type")
+
+
+async def test_partial_session_update_merges_into_the_session(emulator: Emulator) -> None:
+    async with connected(emulator) as (connection, created):
+        await connection.session.update(session={"type": "realtime", "audio": {"output": {"voice": "marin"}}})
+        updated = (await receive(connection))["session"]
+    assert updated["audio"]["output"] == {**created["session"]["audio"]["output"], "voice": "marin"}
+    assert updated["audio"]["input"] == created["session"]["audio"]["input"]
+
+
+async def test_voice_cannot_change_once_the_assistant_has_spoken(emulator: Emulator) -> None:
+    async with connected(emulator) as (connection, _):
+        await ask(connection, "Speak first.")
+        await connection.session.update(session={"type": "realtime", "audio": {"output": {"voice": "verse"}}})
+        error = await receive(connection)
+    assert error["error"]["code"] == "cannot_update_voice"
+
+
+async def test_a_second_response_while_one_is_active_is_refused(emulator: Emulator) -> None:
+    async with connected(emulator, scenario="slow", pace="20") as (connection, _):
+        await send_question(connection, "One at a time.")
+        await connection.response.create()
+        events: list[dict[str, Any]] = []
+        await collect(connection, events, is_type("response.done"))
+    errors = [event["error"]["code"] for event in events if event["type"] == "error"]
+    assert errors == ["conversation_already_has_active_response"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scenarios
+
+SCENARIO_TEXT = "Tell me a story about a small emulator that could."
+
+
+def cut(speech_pcm: bytes, at: float) -> bytes:
+    return speech_pcm[: int(len(speech_pcm) * at) // 2 * 2]
+
+
+async def test_error_mid_sends_an_error_after_some_audio_and_no_response_done(emulator: Emulator) -> None:
+    full = synthesize(SCENARIO_TEXT).pcm
+    async with connected(emulator, scenario="error_mid", at="0.4") as (connection, created):
+        turn = await ask(connection, SCENARIO_TEXT, until=is_type("error"))
+        with pytest.raises(TimeoutError):
+            await receive(connection, within=0.3)
+        retry = await ask(connection, "[[emulator:normal]] Again, please.")
+    error = turn.last("error")["error"]
+    assert (error["type"], error["code"]) == ("server_error", None)
+    assert "response.done" not in turn.types
+    assert turn.audio == cut(full, 0.4) and 0 < len(turn.audio) < len(full)
+    assert retry.last("response.done")["response"]["status"] == "completed"
+    assert (await session_record(emulator, created["session"]["id"]))["scenario"] == "normal"
+
+
+async def test_drop_closes_the_connection_without_a_close_frame(emulator: Emulator) -> None:
+    full = synthesize(SCENARIO_TEXT).pcm
+    turn = Turn()
+    async with connected(emulator, scenario="drop", at="0.3") as (connection, created):
+        await send_question(connection, SCENARIO_TEXT)
+        with pytest.raises(ConnectionClosedError) as closed:
+            await collect(connection, turn.events, never)
+    assert closed.value.rcvd is None, "the emulator must not send a close frame"
+    assert turn.audio == cut(full, 0.3) and len(turn.audio) > 0
+    assert "response.done" not in turn.types
+    record = await ended_record(emulator, created["session"]["id"])
+    assert record["ended_by"] == "emulator_drop"
+    assert record["response_status"] == "in_progress"
+    assert record["audio_bytes"] == len(turn.audio)
+
+
+async def test_stall_goes_quiet_until_the_client_cancels(emulator: Emulator) -> None:
+    full = synthesize(SCENARIO_TEXT).pcm
+    async with connected(emulator, scenario="stall", at="0.5") as (connection, _):
+        await send_question(connection, SCENARIO_TEXT)
+        turn = Turn()
+        with pytest.raises(TimeoutError):
+            await collect(connection, turn.events, never, within=0.5)
+        assert turn.audio == cut(full, 0.5)
+        assert "response.done" not in turn.types
+        await connection.response.cancel()
+        await collect(connection, turn.events, is_type("response.done"))
+    response = turn.last("response.done")["response"]
+    assert response["status"] == "cancelled"
+    assert response["status_details"]["reason"] == "client_cancelled"
+
+
+@pytest.mark.parametrize(
+    ("directive", "status", "details"),
+    [
+        (
+            "[[emulator:incomplete at=0.25]]",
+            "incomplete",
+            {"type": "incomplete", "reason": "max_output_tokens"},
+        ),
+        ("[[emulator:cancelled at=0.25]]", "cancelled", {"type": "cancelled", "reason": "client_cancelled"}),
+        (
+            "[[emulator:cancelled at=0.25 reason=turn_detected]]",
+            "cancelled",
+            {"type": "cancelled", "reason": "turn_detected"},
+        ),
+    ],
+)
+async def test_cut_short_responses_end_with_their_status(
+    emulator: Emulator, directive: str, status: str, details: dict[str, str]
+) -> None:
+    text = f"{SCENARIO_TEXT} {directive}"
+    full = synthesize(text)
+    async with connected(emulator) as (connection, _):
+        turn = await ask(connection, text)
+    response = turn.last("response.done")["response"]
+    assert (response["status"], response["status_details"]) == (status, details)
+    assert turn.audio == cut(full.pcm, 0.25)
+    assert response["output"][0]["status"] == "incomplete"
+    assert response["output"][0]["content"][0]["transcript"] == turn.transcript_deltas
+    assert full.transcript.startswith(turn.transcript_deltas) and turn.transcript_deltas != full.transcript
+
+
+async def test_failed_ends_with_a_server_error_in_status_details(emulator: Emulator) -> None:
+    async with connected(emulator, scenario="failed") as (connection, _):
+        turn = await ask(connection, SCENARIO_TEXT)
+    response = turn.last("response.done")["response"]
+    assert response["status"] == "failed"
+    assert response["status_details"]["type"] == "failed"
+    assert response["status_details"]["error"]["type"] == "server_error"
+    assert turn.audio == cut(synthesize(SCENARIO_TEXT).pcm, 0.5)
+
+
+async def test_max_output_tokens_cuts_the_answer_as_incomplete(emulator: Emulator) -> None:
+    async with connected(emulator) as (connection, _):
+        await connection.session.update(session={"type": "realtime", "max_output_tokens": 20})
+        await receive(connection)
+        turn = await ask(connection, SCENARIO_TEXT)
+    response = turn.last("response.done")["response"]
+    assert response["status"] == "incomplete"
+    assert response["status_details"]["reason"] == "max_output_tokens"
+    assert response["usage"]["output_tokens"] <= 20
+    assert 0 < len(turn.audio) < len(synthesize(SCENARIO_TEXT).pcm)
+
+
+async def test_rate_limit_answers_with_an_error_instead_of_a_response(emulator: Emulator) -> None:
+    async with connected(emulator, scenario="rate_limit") as (connection, created):
+        turn = await ask(connection, SCENARIO_TEXT, until=is_type("error"))
+    assert turn.last("error")["error"]["code"] == "rate_limit_exceeded"
+    assert "response.created" not in turn.types
+    record = await session_record(emulator, created["session"]["id"])
+    assert record["error_codes"] == ["rate_limit_exceeded"]
+    assert record["response_id"] is None
+
+
+async def test_slow_paces_audio_against_the_clock(emulator: Emulator) -> None:
+    seconds, pace = 4.0, 10.0
+    elapsed = {}
+    for scenario in ("normal", "slow"):
+        query = {"scenario": scenario, "seconds": str(seconds)} | (
+            {"pace": str(pace)} if scenario == "slow" else {}
+        )
+        async with connected(emulator, **query) as (connection, _):
+            started = time.monotonic()
+            turn = await ask(connection, SCENARIO_TEXT)
+            elapsed[scenario] = time.monotonic() - started
+        assert len(turn.audio) == seconds * SAMPLE_RATE * 2
+    assert elapsed["slow"] >= 0.9 * seconds / pace
+    assert elapsed["normal"] < elapsed["slow"]
+
+
+async def test_client_cancel_stops_a_slow_response(emulator: Emulator) -> None:
+    async with connected(emulator, scenario="slow", pace="2") as (connection, _):
+        turn = await ask(connection, SCENARIO_TEXT, until=is_type("response.output_audio.delta"))
+        await connection.response.cancel()
+        await collect(connection, turn.events, is_type("response.done"))
+    response = turn.last("response.done")["response"]
+    assert response["status"] == "cancelled"
+    assert len(turn.audio) < len(synthesize(SCENARIO_TEXT).pcm)
+
+
+async def test_long_sends_exactly_the_requested_seconds_of_audio(emulator: Emulator) -> None:
+    text = "[[emulator:long seconds=300]] Read the whole chapter aloud."
+    expected = synthesize(text, seconds=300)
+    async with connected(emulator) as (connection, created):
+        turn = await ask(connection, text)
+    assert len(turn.audio) == 300 * SAMPLE_RATE * 2 == len(expected.pcm)
+    assert turn.audio == expected.pcm
+    assert (
+        turn.last("response.done")["response"]["output"][0]["content"][0]["transcript"] == expected.transcript
+    )
+    record = await session_record(emulator, created["session"]["id"])
+    assert (record["scenario"], record["scenario_params"]) == ("long", {"seconds": 300.0})
+    assert record["user_text"] == text
+
+
+async def test_unknown_directive_is_reported_on_the_item(emulator: Emulator) -> None:
+    async with connected(emulator) as (connection, _):
+        await connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "[[emulator:nap]]"}],
+            }
+        )
+        error = await receive(connection)
+    assert error["error"]["code"] == "invalid_emulator_directive"
+    assert error["error"]["param"] == "item.content[0].text"
+
+
+async def test_unknown_scenario_in_the_query_is_a_bad_request(emulator: Emulator) -> None:
+    error = await refused(emulator, scenario="nap")
+    assert error.response.status_code == 400
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Handshake faults and control routes
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, "1"), (401, None), (500, None), (503, "1")])
+async def test_handshake_scenarios_refuse_with_their_status(
+    emulator: Emulator, status: int, retry_after: str | None
+) -> None:
+    error = await refused(emulator, scenario=f"handshake_{status}")
+    assert error.response.status_code == status
+    assert error.response.headers.get("Retry-After") == retry_after
+    assert json.loads(error.response.body)["error"]["message"]
+
+
+async def test_injected_handshake_faults_refuse_the_next_handshakes(emulator: Emulator) -> None:
+    _, before = await control(emulator, "GET", "/_emulator/stats")
+    status, fault = await control(
+        emulator, "POST", "/_emulator/handshake-faults", {"status": 429, "count": 2, "retry_after": 7}
+    )
+    assert (status, fault) == (200, {"status": 429, "remaining": 2, "retry_after": 7})
+    for _ in range(2):
+        error = await refused(emulator)
+        assert error.response.status_code == 429
+        assert error.response.headers["Retry-After"] == "7"
+        assert json.loads(error.response.body)["error"]["code"] == "429"
+    async with connected(emulator) as (_, created):
+        assert created["session"]["id"]
+        _, during = await control(emulator, "GET", "/_emulator/stats")
+    assert during["connections_open"] >= 1
+    assert during["handshake_refusals"] == before["handshake_refusals"] + 2
+    assert during["handshake_refusals_by_status"]["429"] >= 2
+    assert during["connections_total"] == before["connections_total"] + 1
+    assert during["handshake_faults_pending"] is None
+
+
+async def test_handshake_fault_requests_are_checked(emulator: Emulator) -> None:
+    status, _ = await control(emulator, "POST", "/_emulator/handshake-faults", {"status": 404})
+    assert status == 400
+
+
+async def test_health_and_clearing_the_session_log(emulator: Emulator) -> None:
+    assert await control(emulator, "GET", "/_emulator/health") == (200, {"status": "ok"})
+    async with connected(emulator):
+        pass
+    assert await session_records(emulator)
+    status, body = await control(emulator, "DELETE", "/_emulator/sessions")
+    assert status == 200 and body["cleared"] >= 1
+    assert await session_records(emulator) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TLS listener
+
+
+async def test_tls_listener_serves_wss_with_the_test_ca(emulator: Emulator) -> None:
+    client = emulator.client(tls=True)
+    connect = client.realtime.connect(
+        model=MODEL, websocket_connection_options={"ssl": emulator.tls_context()}
+    )
+    async with connect as connection:
+        created = await receive(connection)
+        turn = await ask(connection, "Over TLS.")
+    assert created["type"] == "session.created"
+    assert turn.audio == synthesize("Over TLS.").pcm
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pure synthesis function
+
+
+def test_synthesis_is_deterministic_and_depends_on_text_and_voice() -> None:
+    first = synthesize("Hello there, general listener.", "alloy")
+    assert first == synthesize("Hello there, general listener.", "alloy")
+    assert first.pcm != synthesize("Hello there, general listener.", "ash").pcm
+    assert first.pcm != synthesize("Hello there, general listener!", "alloy").pcm
+    assert len(first.pcm) % 2 == 0
+    assert first.transcript == "Hello there, general listener."
+    assert "".join(delta for _, delta in first.marks) == first.transcript
+
+
+def test_synthesis_of_minutes_is_fast_and_exact() -> None:
+    started = time.monotonic()
+    speech = synthesize("A long answer.", "sage", seconds=600)
+    assert time.monotonic() - started < 1.0
+    assert len(speech.pcm) == 600 * SAMPLE_RATE * 2
+    assert speech.transcript.startswith("A long answer. A long answer.")
+
+
+def test_speed_shortens_the_audio() -> None:
+    normal = synthesize("Faster, please.", "echo")
+    fast = synthesize("Faster, please.", "echo", speed=1.5)
+    assert len(fast.pcm) == pytest.approx(len(normal.pcm) / 1.5, rel=0.01)
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+def test_espeak_speaks_the_transcript_as_24khz_pcm() -> None:
+    speech = synthesize("This is real speech.", "alloy", engine="espeak")
+    assert speech.transcript == "This is real speech."
+    assert 0.5 < speech.seconds < 5
+    assert len(speech.pcm) % 2 == 0
+    assert speech.pcm != synthesize("This is real speech.", "alloy").pcm
+    assert [delta for _, delta in speech.marks] == ["This", " is", " real", " speech."]
+
+
+def test_help_documents_the_scenarios() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "devtools.realtime_emulator", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for name in ("normal", "error_mid", "drop", "stall", "incomplete", "failed", "cancelled", "rate_limit"):
+        assert name in result.stdout
+    assert "[[emulator:NAME key=value ...]]" in result.stdout
+    assert "/_emulator/handshake-faults" in result.stdout
