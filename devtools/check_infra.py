@@ -44,7 +44,9 @@ def bicep_files() -> list[Path]:
 
 
 def relative(path: Path) -> str:
-    return path.resolve().relative_to(REPO_ROOT).as_posix()
+    """The path relative to the repository when inside it, else as given."""
+    resolved = path.resolve()
+    return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else str(path)
 
 
 # --- parsing -------------------------------------------------------------------------------------------
@@ -53,9 +55,14 @@ def relative(path: Path) -> str:
 @cache
 def parse(path: Path) -> BicepTree:
     """The pycep tree of a Bicep file (raises on a syntax error pycep detects)."""
+    return _pycep().parse(text=path.read_text(encoding="utf-8"))
+
+
+@cache
+def _pycep() -> Any:
     from pycep import BicepParser
 
-    return BicepParser().parse(text=path.read_text(encoding="utf-8"))
+    return BicepParser()  # building the grammar is the slow part; one parser serves every file
 
 
 def syntax_errors(path: Path) -> list[str]:
