@@ -442,6 +442,29 @@ async def test_text_only_responses_stream_text_events(emulator: Emulator) -> Non
     assert turn.last("response.done")["response"]["output"][0]["content"][0]["type"] == "output_text"
 
 
+async def test_out_of_band_response_with_its_own_input_and_voice(emulator: Emulator) -> None:
+    text = "Outside the conversation."
+    async with connected(emulator) as (connection, _):
+        await connection.response.create(
+            response={
+                "conversation": "none",
+                "input": [
+                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+                ],
+                "audio": {"output": {"voice": "ash"}},
+                "metadata": {"purpose": "test"},
+            }
+        )
+        turn = Turn()
+        await collect(connection, turn.events, is_type("response.done"))
+    assert "conversation.item.added" not in turn.types
+    assert turn.audio == synthesize(text, "ash").pcm
+    response = turn.last("response.done")["response"]
+    assert response["conversation_id"] is None
+    assert response["metadata"] == {"purpose": "test"}
+    assert response["audio"]["output"]["voice"] == "ash"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Authentication at the handshake
 

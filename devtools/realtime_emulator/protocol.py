@@ -139,7 +139,7 @@ def assistant_item(item_id: str, status: str, content: list[dict[str, Any]]) -> 
 def response_object(
     response_id: str,
     *,
-    conversation_id: str,
+    conversation_id: str | None,
     status: str,
     settings: dict[str, Any],
     output: list[dict[str, Any]] | None = None,

@@ -72,10 +72,16 @@ class Plan:
     input_tokens: tuple[int, int]
     limit: int
     cut_by_token_limit: bool
+    conversation_id: str | None
+    """None for an out-of-band response (``conversation: "none"``)."""
 
     @property
     def audio(self) -> bool:
         return self.settings["output_modalities"] == ["audio"]
+
+    @property
+    def in_conversation(self) -> bool:
+        return self.conversation_id is not None
 
 
 @dataclass
@@ -84,7 +90,6 @@ class Progress:
 
     transcript: list[str] = field(default_factory=list)
     audio_bytes: int = 0
-    sha256: Any = field(default_factory=hashlib.sha256)
     cancelled: bool = False
 
     @property
@@ -285,7 +290,8 @@ class RealtimeSession:
             "format": params_output.get("format", output["format"]),
             "metadata": params.get("metadata"),
         }
-        items = params.get("input", self._items if params.get("conversation", "auto") != "none" else [])
+        in_conversation = params.get("conversation", "auto") != "none"
+        items = params.get("input", self._items if in_conversation else [])
         user_text = next((_message_text(i) for i in reversed(items) if i.get("role") == "user"), "")
         speech = synthesize(
             user_text,
@@ -298,7 +304,15 @@ class RealtimeSession:
         input_tokens = self._input_tokens(instructions, items)
         audio = settings["output_modalities"] == ["audio"]
         limit, cut_by_token_limit = self._audio_limit(speech, settings["max_output_tokens"], audio)
-        return Plan(speech, self._scenario, settings, input_tokens, limit, cut_by_token_limit)
+        return Plan(
+            speech=speech,
+            scenario=self._scenario,
+            settings=settings,
+            input_tokens=input_tokens,
+            limit=limit,
+            cut_by_token_limit=cut_by_token_limit,
+            conversation_id=self._conversation_id if in_conversation else None,
+        )
 
     def _input_tokens(self, instructions: str, items: list[dict[str, Any]]) -> tuple[int, int]:
         text = protocol.text_tokens(instructions)
@@ -339,77 +353,68 @@ class RealtimeSession:
                 self._active = None
 
     async def _stream_response(self, plan: Plan, active: ActiveResponse) -> None:
-        response_id = active.response_id
-        item_id = new_id("item")
+        where = await self._open_response(plan, active.response_id)
+        progress = Progress()
+        await self._stream_content(plan, active, where, progress)
+        self._record_progress(plan, progress)
+        await self._end_response(plan, active, where, progress)
+
+    async def _open_response(self, plan: Plan, response_id: str) -> dict[str, Any]:
+        """The events that open a response, up to its content part; returns the part's address."""
         self.record.response_id = response_id
         self.record.response_status = "in_progress"
-        self.record.transcript = ""
-        self.record.audio_bytes = 0
-        self.record.audio_sha256 = hashlib.sha256().hexdigest()
-        await self._send(
-            server_event(
-                "response.created",
-                response=protocol.response_object(
-                    response_id,
-                    conversation_id=self._conversation_id,
-                    status="in_progress",
-                    settings=plan.settings,
-                ),
-            )
+        self._record_progress(plan, Progress())
+        response = protocol.response_object(
+            response_id, conversation_id=plan.conversation_id, status="in_progress", settings=plan.settings
         )
+        await self._send(server_event("response.created", response=response))
         self._tokens_used += sum(plan.input_tokens)
         await self._send(
             server_event("rate_limits.updated", rate_limits=protocol.rate_limits(self._tokens_used))
         )
-        item = protocol.assistant_item(item_id, "in_progress", [])
-        previous_item_id = self._items[-1]["id"] if self._items else None
-        self._items.append(item)
+        item = protocol.assistant_item(new_id("item"), "in_progress", [])
         await self._send(
             server_event("response.output_item.added", response_id=response_id, output_index=0, item=item)
         )
-        await self._send(
-            server_event("conversation.item.added", previous_item_id=previous_item_id, item=item)
-        )
+        if plan.in_conversation:
+            previous_item_id = self._items[-1]["id"] if self._items else None
+            self._items.append(item)
+            await self._send(
+                server_event("conversation.item.added", previous_item_id=previous_item_id, item=item)
+            )
         part = {"type": "audio", "transcript": ""} if plan.audio else {"type": "text", "text": ""}
-        where = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
+        where = {"response_id": response_id, "item_id": item["id"], "output_index": 0, "content_index": 0}
         await self._send(server_event("response.content_part.added", **where, part=part))
+        return where
 
-        progress = Progress()
-        await self._stream_content(plan, active, where, progress)
-        self._record_progress(progress)
-        outcome = self._outcome(plan, progress)
-        if outcome == "error_mid":
+    async def _end_response(
+        self, plan: Plan, active: ActiveResponse, where: dict[str, Any], progress: Progress
+    ) -> None:
+        """End the response as the scenario says: one of the misbehaviours, or ``response.done``."""
+        name = "cancelled_by_client" if progress.cancelled else plan.scenario.name
+        if name == "error_mid":
             message = SERVER_ERROR_MESSAGE.format(session_id=self.record.session_id)
             await self._send_error(RequestError(None, message, type_="server_error"))
-        elif outcome == "drop":
+            return
+        if name == "drop":
             self._drop_connection()
-        elif outcome == "stall":
+            return
+        if name == "stall":
             await active.cancel.wait()
-            await self._finish(
-                plan, where, progress, "cancelled", {"type": "cancelled", "reason": "client_cancelled"}
-            )
-        else:
-            status, details = outcome
-            await self._finish(plan, where, progress, status, details)
-
-    def _outcome(self, plan: Plan, progress: Progress) -> Any:
-        """How the response ends: a (status, status_details) pair, or the name of a misbehaviour."""
-        if progress.cancelled:
-            return "cancelled", {"type": "cancelled", "reason": "client_cancelled"}
-        name = plan.scenario.name
-        if name in ("error_mid", "drop", "stall"):
-            return name
-        if name == "incomplete" or plan.cut_by_token_limit:
-            return "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
-        if name == "failed":
+            name = "cancelled_by_client"
+        if name == "cancelled_by_client":
+            status, details = "cancelled", {"type": "cancelled", "reason": "client_cancelled"}
+        elif name == "incomplete" or plan.cut_by_token_limit:
+            status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
+        elif name == "failed":
             message = SERVER_ERROR_MESSAGE.format(session_id=self.record.session_id)
-            return "failed", {
-                "type": "failed",
-                "error": {"type": "server_error", "code": None, "message": message},
-            }
-        if name == "cancelled":
-            return "cancelled", {"type": "cancelled", "reason": plan.scenario.reason}
-        return "completed", None
+            error = {"type": "server_error", "code": None, "message": message}
+            status, details = "failed", {"type": "failed", "error": error}
+        elif name == "cancelled":
+            status, details = "cancelled", {"type": "cancelled", "reason": plan.scenario.reason}
+        else:
+            status, details = "completed", None
+        await self._finish(plan, where, progress, status, details)
 
     async def _stream_content(
         self, plan: Plan, active: ActiveResponse, where: dict[str, Any], progress: Progress
@@ -439,14 +444,13 @@ class RealtimeSession:
                     )
                 )
                 progress.audio_bytes += len(chunk)
-                progress.sha256.update(chunk)
                 self._audio_produced = True
             await asyncio.sleep(0)
 
-    def _record_progress(self, progress: Progress) -> None:
+    def _record_progress(self, plan: Plan, progress: Progress) -> None:
         self.record.transcript = progress.text
         self.record.audio_bytes = progress.audio_bytes
-        self.record.audio_sha256 = progress.sha256.hexdigest()
+        self.record.audio_sha256 = hashlib.sha256(plan.speech.pcm[: progress.audio_bytes]).hexdigest()
 
     async def _finish(
         self,
@@ -473,15 +477,18 @@ class RealtimeSession:
         item = protocol.assistant_item(
             where["item_id"], "completed" if status == "completed" else "incomplete", [content]
         )
-        self._replace_item(item)
-        self._audio_tokens_by_item[item["id"]] = protocol.audio_tokens(progress.audio_bytes)
-        previous_item_id = self._previous_item_id(item["id"])
         await self._send(
             server_event(
                 "response.output_item.done", response_id=where["response_id"], output_index=0, item=item
             )
         )
-        await self._send(server_event("conversation.item.done", previous_item_id=previous_item_id, item=item))
+        if plan.in_conversation:
+            self._replace_item(item)
+            self._audio_tokens_by_item[item["id"]] = protocol.audio_tokens(progress.audio_bytes)
+            previous_item_id = self._previous_item_id(item["id"])
+            await self._send(
+                server_event("conversation.item.done", previous_item_id=previous_item_id, item=item)
+            )
         output_text, output_audio = (
             protocol.text_tokens(transcript),
             protocol.audio_tokens(progress.audio_bytes),
@@ -489,7 +496,7 @@ class RealtimeSession:
         self._tokens_used += output_text + output_audio
         response = protocol.response_object(
             where["response_id"],
-            conversation_id=self._conversation_id,
+            conversation_id=plan.conversation_id,
             status=status,
             settings=plan.settings,
             output=[item],
