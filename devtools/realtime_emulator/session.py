@@ -10,23 +10,20 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from . import protocol
+from .planning import Plan, ResponseRequest, audio_chunks, plan_response
 from .protocol import new_id, server_event
-from .scenarios import CUT_SCENARIOS, Scenario, ScenarioError, find_directive
-from .speech import BYTES_PER_SECOND, Engine, Speech, synthesize
+from .scenarios import Scenario, ScenarioError, find_directive
+from .speech import BYTES_PER_SECOND, Engine, synthesize
 from .validation import RequestError, client_event
 
 log = logging.getLogger(__name__)
 
-FIRST_CHUNK_SIZES = (4800, 7200)
-CHUNK_SIZE_CAP = 12000
-TOKEN_LIMIT_STEP_BYTES = 2400
 SERVER_ERROR_MESSAGE = (
     "The server had an error while processing your request. Sorry about that! You can retry your request, "
     "or contact us through an Azure support request if the error persists. "
@@ -60,28 +57,6 @@ class SessionRecord:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Plan:
-    """One response to produce: what to say, in which form, and how the scenario ends it."""
-
-    speech: Speech
-    scenario: Scenario
-    settings: dict[str, Any]
-    input_tokens: tuple[int, int]
-    limit: int
-    cut_by_token_limit: bool
-    conversation_id: str | None
-    """None for an out-of-band response (``conversation: "none"``)."""
-
-    @property
-    def audio(self) -> bool:
-        return self.settings["output_modalities"] == ["audio"]
-
-    @property
-    def in_conversation(self) -> bool:
-        return self.conversation_id is not None
 
 
 @dataclass
@@ -243,9 +218,9 @@ class RealtimeSession:
             )
         if self._scenario.name == "rate_limit":
             raise RequestError("rate_limit_exceeded", RATE_LIMIT_MESSAGE, type_="tokens")
-        plan = self._plan(event.get("response", {}))
+        request = self._request(event.get("response", {}))
         self._active = ActiveResponse(new_id("resp"))
-        task = asyncio.create_task(self._respond(plan, self._active))
+        task = asyncio.create_task(self._respond(request, self._active))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -279,8 +254,8 @@ class RealtimeSession:
             "unsupported_by_emulator", "The realtime emulator does not understand input audio."
         )
 
-    def _plan(self, params: dict[str, Any]) -> Plan:
-        """Decide what the response says, with the session's settings and the response's overrides."""
+    def _request(self, params: dict[str, Any]) -> ResponseRequest:
+        """The response asked for: the session's settings with the response's overrides."""
         output = self._session["audio"]["output"]
         params_output = params.get("audio", {}).get("output", {})
         settings = {
@@ -292,25 +267,13 @@ class RealtimeSession:
         }
         in_conversation = params.get("conversation", "auto") != "none"
         items = params.get("input", self._items if in_conversation else [])
-        user_text = next((_message_text(i) for i in reversed(items) if i.get("role") == "user"), "")
-        speech = synthesize(
-            user_text,
-            settings["voice"],
-            seconds=self._scenario.seconds,
-            speed=output["speed"],
-            engine=self._engine,
-        )
         instructions = params.get("instructions", self._session["instructions"])
-        input_tokens = self._input_tokens(instructions, items)
-        audio = settings["output_modalities"] == ["audio"]
-        limit, cut_by_token_limit = self._audio_limit(speech, settings["max_output_tokens"], audio)
-        return Plan(
-            speech=speech,
+        return ResponseRequest(
+            user_text=next((_message_text(i) for i in reversed(items) if i.get("role") == "user"), ""),
             scenario=self._scenario,
             settings=settings,
-            input_tokens=input_tokens,
-            limit=limit,
-            cut_by_token_limit=cut_by_token_limit,
+            speed=output["speed"],
+            input_tokens=self._input_tokens(instructions, items),
             conversation_id=self._conversation_id if in_conversation else None,
         )
 
@@ -322,30 +285,17 @@ class RealtimeSession:
             audio += self._audio_tokens_by_item.get(item["id"], 0) if "id" in item else 0
         return text, audio
 
-    def _audio_limit(self, speech: Speech, max_output_tokens: int | str, audio: bool) -> tuple[int, bool]:
-        """How far into the speech to go: all of it, the scenario's share, or what ``max_output_tokens``
-        allows (then the response ends ``incomplete``)."""
-        limit = len(speech.pcm)
-        if self._scenario.name in CUT_SCENARIOS:
-            limit = int(len(speech.pcm) * self._scenario.at) // 2 * 2
-        if not isinstance(max_output_tokens, int):
-            return limit, False
-        needed = _output_tokens(speech, len(speech.pcm), audio)
-        allowed = (
-            len(speech.pcm)
-            if needed <= max_output_tokens
-            else int(len(speech.pcm) * max_output_tokens / needed)
-        )
-        allowed = allowed // 2 * 2
-        while allowed > 0 and _output_tokens(speech, allowed, audio) > max_output_tokens:
-            allowed = max(allowed - TOKEN_LIMIT_STEP_BYTES, 0)
-        if allowed < limit:
-            return allowed, True
-        return limit, False
-
-    async def _respond(self, plan: Plan, active: ActiveResponse) -> None:
+    async def _respond(self, request: ResponseRequest, active: ActiveResponse) -> None:
         try:
-            await self._stream_response(plan, active)
+            speech = await asyncio.to_thread(
+                synthesize,
+                request.user_text,
+                request.settings["voice"],
+                seconds=request.scenario.seconds,
+                speed=request.speed,
+                engine=self._engine,
+            )
+            await self._stream_response(plan_response(request, speech), active)
         except ConnectionResetError:
             log.info("session %s: connection closed during a response", self.record.session_id)
         finally:
@@ -425,7 +375,7 @@ class RealtimeSession:
         pending = next(marks, None)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        for start, end in _chunks(plan.limit):
+        for start, end in audio_chunks(plan.limit):
             while pending is not None and pending[0] < end:
                 await self._send(server_event(delta_type, **where, delta=pending[1]))
                 progress.transcript.append(pending[1])
@@ -521,30 +471,12 @@ class RealtimeSession:
         self._transport.close()
 
 
-def _chunks(limit: int) -> Iterator[tuple[int, int]]:
-    """Audio chunk boundaries: small first chunks, growing to a cap, as the service streams them."""
-    start = 0
-    index = 0
-    while start < limit:
-        size = FIRST_CHUNK_SIZES[index] if index < len(FIRST_CHUNK_SIZES) else CHUNK_SIZE_CAP
-        end = min(start + size, limit)
-        yield start, end
-        start = end
-        index += 1
-
-
 async def _wait_until(cancel: asyncio.Event, delay: float) -> None:
     """Sleep ``delay`` seconds, or less if the response is cancelled meanwhile."""
     if delay <= 0:
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(cancel.wait(), delay)
-
-
-def _output_tokens(speech: Speech, limit: int, audio: bool) -> int:
-    """Output tokens of the speech up to byte ``limit``: its transcript, and its audio if spoken."""
-    text = "".join(delta for offset, delta in speech.marks if offset < limit)
-    return protocol.text_tokens(text) + (protocol.audio_tokens(limit) if audio else 0)
 
 
 def _message_text(item: dict[str, Any]) -> str:
