@@ -572,6 +572,7 @@ def test_credentials_never_reach_the_log(emulator: Emulator) -> None:
         ({"audio": {"output": {"speed": 3}}}, "decimal_above_max_value", "session.audio.output.speed"),
         ({"output_modalities": ["audio", "text"]}, "array_above_max_length", "session.output_modalities"),
         ({"max_output_tokens": 0}, "integer_below_min_value", "session.max_output_tokens"),
+        ({"tools": "all"}, "invalid_value", "session.tools"),
         (
             {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": "high"}}}},
             "invalid_type",
@@ -600,6 +601,43 @@ async def test_invalid_session_update_is_an_error_and_changes_nothing(
     record = await session_record(emulator, created["session"]["id"])
     assert record["error_codes"] == [code]
     assert record["session"] == created["session"]
+
+
+@pytest.mark.parametrize(
+    ("event", "code", "param"),
+    [
+        ("not json", "invalid_json", None),
+        ({"type": "session.nope"}, "invalid_value", "type"),
+        ({"type": "response.create", "response": {"voice": "alloy"}}, "unknown_parameter", "response.voice"),
+        ({"type": "response.cancel"}, "response_cancel_not_active", None),
+        ({"type": "input_audio_buffer.commit"}, "input_audio_buffer_commit_empty", None),
+        (
+            {"type": "conversation.item.create", "item": {"type": "message", "role": "user"}},
+            "missing_required_parameter",
+            "item.content",
+        ),
+        (
+            {
+                "type": "conversation.item.truncate",
+                "item_id": "item_1",
+                "content_index": 0,
+                "audio_end_ms": 0,
+            },
+            "unsupported_by_emulator",
+            "type",
+        ),
+    ],
+)
+async def test_malformed_or_unsupported_client_events_get_error_events(
+    emulator: Emulator, event: Any, code: str, param: str | None
+) -> None:
+    async with connected(emulator) as (connection, _):
+        if isinstance(event, str):
+            await connection.send_raw(event)
+        else:
+            await connection.send(event)
+        error = await receive(connection)
+    assert (error["type"], error["error"]["code"], error["error"]["param"]) == ("error", code, param)
 
 
 async def test_session_update_without_type_is_missing_a_required_parameter(emulator: Emulator) -> None:

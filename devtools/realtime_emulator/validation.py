@@ -29,7 +29,8 @@ Rule = Callable[[Any, str], Any]
 
 
 class RequestError(Exception):
-    """A client mistake, sent back as an ``error`` event (the session stays as it was)."""
+    """An ``error`` event to send: a client mistake (the session stays as it was), or a failure that a
+    scenario scripts (``type_`` ``server_error``, ``tokens``)."""
 
     def __init__(
         self,
@@ -82,7 +83,7 @@ def _listing(values: tuple[object, ...]) -> str:
 
 
 def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+    return f"{path}.{name}" if path and name else path or name
 
 
 def string() -> Rule:
