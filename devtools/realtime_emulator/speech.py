@@ -6,7 +6,7 @@ number of characters (about 65 ms each, so a sentence lasts a few seconds). Each
 of a sine wave built once and repeated as bytes, so minutes of audio cost milliseconds.
 
 With the ``espeak`` engine the transcript is spoken by ``espeak-ng`` when it is installed, resampled
-to the realtime format (PCM16 LE, 24 kHz, mono).
+to the realtime format (PCM16 LE, 24 kHz, mono); its bytes are whatever that espeak-ng version makes.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def synthesize(
     speed: float = 1.0,
     engine: Engine = "tones",
 ) -> Speech:
-    """Speak the answer to the user message ``text``; same arguments, same bytes.
+    """Speak the answer to the user message ``text``; with tones, same arguments give the same bytes.
 
     ``seconds`` fixes the audio length exactly: the answer is repeated (and the transcript with it)
     until it is long enough, then cut. ``speed`` is the session's ``audio.output.speed``.
@@ -127,10 +127,10 @@ def _tone_utterance(transcript: str, voice: str, speed: float) -> Speech:
     offset = 0
     for delta in transcript_deltas(transcript):
         samples = round(len(delta) * SECONDS_PER_CHARACTER / speed * SAMPLE_RATE)
-        tone_samples = round(samples * TONE_SHARE)
-        segment = _tone(_word_period(delta.strip(), voice), tone_samples) + bytes(
-            2 * (samples - tone_samples)
-        )
+        period = _word_period(delta.strip(), voice)
+        # Whole periods only: the tone starts and stops at a zero crossing, so words do not click.
+        periods = round(samples * TONE_SHARE) // period
+        segment = _sine_period(period) * periods + bytes(2 * (samples - periods * period))
         marks.append((offset, delta))
         pieces.append(segment)
         offset += len(segment)
@@ -142,12 +142,6 @@ def _word_period(word: str, voice: str) -> int:
     semitone = hashlib.sha256(word.lower().encode()).digest()[0] % 12
     frequency = VOICE_BASE_HZ.get(voice, VOICE_BASE_HZ["alloy"]) * 2 ** (semitone / 12)
     return round(SAMPLE_RATE / frequency)
-
-
-def _tone(period: int, samples: int) -> bytes:
-    one_period = _sine_period(period)
-    whole, rest = divmod(samples, period)
-    return one_period * whole + one_period[: 2 * rest]
 
 
 @lru_cache(maxsize=256)
