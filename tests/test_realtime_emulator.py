@@ -834,14 +834,13 @@ async def test_long_sends_exactly_the_requested_seconds_of_audio(emulator: Emula
     assert record["user_text"] == text
 
 
-async def test_unknown_directive_is_reported_on_the_item(emulator: Emulator) -> None:
+@pytest.mark.parametrize(
+    "text", ["[[emulator:nap]]", "Go [[emulator:slow pace]]", "[[emulator:handshake_429]]"]
+)
+async def test_bad_directives_are_reported_on_the_item(emulator: Emulator, text: str) -> None:
     async with connected(emulator) as (connection, _):
         await connection.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "[[emulator:nap]]"}],
-            }
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
         )
         error = await receive(connection)
     assert error["error"]["code"] == "invalid_emulator_directive"

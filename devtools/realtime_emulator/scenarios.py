@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+DIRECTIVE_START = "[[emulator:"
+DIRECTIVE_SYNTAX = "[[emulator:NAME key=value ...]]"
 DIRECTIVE = re.compile(r"\[\[emulator:([A-Za-z0-9_]+)((?:\s+[A-Za-z_]+=[^\s\]]+)*)\s*\]\]")
 
 RESPONSE_SCENARIOS = {
@@ -94,9 +96,12 @@ def scenario_from_query(query: Mapping[str, str]) -> Scenario:
 
 def find_directive(text: str) -> Scenario | None:
     """The scenario of the first ``[[emulator:NAME key=value ...]]`` directive in ``text``, if any."""
-    match = DIRECTIVE.search(text)
-    if match is None:
+    start = text.find(DIRECTIVE_START)
+    if start < 0:
         return None
+    match = DIRECTIVE.match(text, start)
+    if match is None:
+        raise ScenarioError(f"malformed emulator directive; expected {DIRECTIVE_SYNTAX}")
     params = dict(pair.split("=", 1) for pair in match.group(2).split())
     scenario = build_scenario(match.group(1), params)
     if scenario.handshake_status:
