@@ -7,6 +7,7 @@ import logging
 import signal
 import ssl
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,12 +146,21 @@ def _open_session(
         scenario_params=scenario.params(),
         session=protocol.default_session(session_id, model),
     )
-    assert request.transport is not None, "an upgraded request has a transport"
-    session = RealtimeSession(ws, request.transport, record, scenario, state.config.engine)
+    session = RealtimeSession(ws, _tcp_closer(request), record, scenario, state.config.engine)
     state.records.append(record)
     state.open_sessions.add(session)
     state.connections_total += 1
     return session
+
+
+def _tcp_closer(request: web.Request) -> Callable[[], None]:
+    """Closes the request's TCP connection as is: no WebSocket close frame, sent data still delivered."""
+
+    def close() -> None:
+        if request.transport is not None:
+            request.transport.close()
+
+    return close
 
 
 def refuse(

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,14 +83,14 @@ class RealtimeSession:
     def __init__(
         self,
         ws: web.WebSocketResponse,
-        transport: asyncio.Transport,
+        close_tcp: Callable[[], None],
         record: SessionRecord,
         scenario: Scenario,
         engine: Engine,
     ) -> None:
         self.ws = ws
         self.record = record
-        self._transport = transport
+        self._close_tcp = close_tcp
         self._scenario = scenario
         self._engine = engine
         self._session: dict[str, Any] = record.session
@@ -468,7 +469,7 @@ class RealtimeSession:
     def _drop_connection(self) -> None:
         """Close the TCP connection without a WebSocket close frame (what was sent still arrives)."""
         self._dropped = True
-        self._transport.close()
+        self._close_tcp()
 
 
 async def _wait_until(cancel: asyncio.Event, delay: float) -> None:
