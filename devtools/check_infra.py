@@ -164,9 +164,11 @@ def ensure_checkov(venv_dir: Path = IAC_VENV) -> Path:
     with open(venv_dir.parent / f"{venv_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time; the others then find it current
         if not current():
+            pip = [str(venv_dir / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
             if not (venv_dir / "bin" / "python").exists():
                 venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
-            pip = [str(venv_dir / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+                # a current pip resolves checkov's many pins in about half the time of an old bundled one
+                subprocess.run([*pip, "install", "-qq", "--upgrade", "pip"], check=True, timeout=120)
             subprocess.run(
                 [*pip, "install", "-qq", "-r", str(IAC_REQUIREMENTS)],
                 check=True,
