@@ -31,7 +31,8 @@ Authentication (at the handshake, else HTTP 401 with Azure's JSON error body)
 
 Scenarios
     Chosen per connection with the handshake query (``?model=gpt-realtime&scenario=drop&at=0.2``), or
-    by a directive anywhere in a user message, which applies to the responses after it:
+    by a directive anywhere in a user message, which applies to the responses after it (the first
+    directive of a message counts; a malformed one is an ``invalid_emulator_directive`` error):
     ``[[emulator:NAME key=value ...]]``.
 
     normal       the whole answer at full speed; response.done completed
@@ -45,7 +46,8 @@ Scenarios
     failed       audio cut short; response.done failed, status_details.error type server_error
     cancelled    audio cut short; response.done cancelled, reason client_cancelled (or reason=turn_detected)
     rate_limit   an ``error`` event (type tokens, code rate_limit_exceeded) instead of a response
-    slow         audio paced at real time times ``pace`` (default 1.0; pace=10 is ten times faster)
+    slow         audio paced against the clock: real time at ``pace=1.0`` (default), ten times faster
+                 at ``pace=10``
     long         ``seconds`` of audio (default 300) at full speed
     handshake_401, handshake_403, handshake_429, handshake_500, handshake_503 (query only)
                  the handshake is refused with that status; 429 and 503 carry Retry-After
@@ -54,6 +56,11 @@ Scenarios
     Parameters: ``at`` (0-1, share of the audio sent before a cutting scenario acts, default 0.5),
     ``seconds`` (exact audio length, any response scenario), ``pace`` (real-time pacing factor, any
     response scenario), ``reason`` (cancelled), ``retry_after`` (handshake scenarios).
+
+Limits
+    The emulator never understands input audio or calls tools: ``input_audio_buffer.commit`` of real
+    audio, G.711 output formats and the item retrieve/delete/truncate events are answered with an
+    ``error`` of code ``unsupported_by_emulator`` (a code the service does not have).
 
 Control routes (same port)
     ``POST /_emulator/handshake-faults`` ``{"status": 401|403|429|500|503, "count": N, "retry_after": S}``

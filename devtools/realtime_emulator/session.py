@@ -38,7 +38,16 @@ RATE_LIMIT_MESSAGE = (
 
 @dataclass
 class SessionRecord:
-    """What the emulator saw and did on one connection (``GET /_emulator/sessions``)."""
+    """What the emulator saw and did on one connection (``GET /_emulator/sessions``).
+
+    ``auth`` is ``{"kind": "api-key" | "entra", "claims": {aud, iss, oid, tid, appid}}`` (claims empty
+    for keys; never a key or token). ``session`` is the merged session config. ``user_text`` is the
+    last user message as sent (directives included); ``transcript``, ``audio_bytes``,
+    ``audio_sha256``, ``response_id`` and ``response_status`` describe the last response, its status
+    staying ``in_progress`` when it never got a ``response.done``. ``ended_by`` is None while open,
+    then ``client_close``, ``connection_lost`` (no close frame from the client), ``emulator_drop``
+    or ``emulator_shutdown``.
+    """
 
     session_id: str
     model: str
