@@ -838,6 +838,24 @@ def test_main_is_an_azd_subscription_deployment(trees: Trees) -> None:
     assert outputs["AUDIO_STORAGE_ACCOUNT_URL"]["value"] is not None
 
 
+def test_generated_names_fit_azure_rules(trees: Trees) -> None:
+    main = trees[MAIN]
+    token = "a" * 13  # uniqueString() yields 13 lowercase letters and digits
+    assert render(variable(main, "resourceToken")).startswith("to_lower(unique_string(")
+    rules = {
+        STORAGE: r"[a-z0-9]{3,24}",
+        "modules/openai-account.bicep": r"[a-z0-9][a-z0-9-]{1,62}",
+        FUNCTION_APP: r"[a-z0-9][a-z0-9-]{0,58}[a-z0-9]",
+    }
+    for path, rule in rules.items():
+        for symbol, module in modules_using(main, path).items():
+            name = module["params"]["name"]
+            if name == "openAiName":
+                name = variable(main, "openAiName")["operator"]["operands"]["false_value"]
+            resolved = name.replace("${resourceToken}", token)
+            assert re.fullmatch(rule, resolved), f"{symbol}: {resolved!r} breaks {rule}"
+
+
 def test_existing_openai_account_can_be_used_instead(trees: Trees) -> None:
     main = trees[MAIN]
     assert param_default(main, "existingOpenAiName") == ""
