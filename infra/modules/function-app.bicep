@@ -68,7 +68,7 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
-  // checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption is offered only in some regions and bills always-ready instances; not needed for this service
+  // checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption exists only in some regions; not needed here, as a caller can retry a failed request
   name: planName
   location: location
   tags: tags
@@ -86,7 +86,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222: a public HTTP API; each call needs a function key (auth level FUNCTION)
   // checkov:skip=CKV_AZURE_17: callers authenticate with function keys; client certificates are not part of the API
   // checkov:skip=CKV_AZURE_212: Flex Consumption scales from zero across instances on its own; always-ready instances would bill around the clock
-  // checkov:skip=CKV_AZURE_213: the App Service health-check path does not apply to Flex Consumption, which manages instance health itself
+  // checkov:skip=CKV_AZURE_213: no App Service health-check path: the platform manages Flex instances, and GET /api/health serves operators
   name: name
   location: location
   tags: union(tags, { 'azd-service-name': serviceName })
