@@ -305,17 +305,10 @@ class ServiceProcess:
 # --- the whole stack --------------------------------------------------------------------------------
 
 
-def realtime_emulator_available() -> bool:
-    """True when `python -m devtools.realtime_emulator` can run (module, or package with __main__)."""
-    devtools_dir = Path(__file__).resolve().parent
-    candidates = (devtools_dir / "realtime_emulator.py", devtools_dir / "realtime_emulator" / "__main__.py")
-    return any(path.is_file() for path in candidates)
-
-
 class Stack:
     """Certificates, identity endpoint, Azurite and the realtime emulator; function hosts on demand.
 
-    `with_emulator=None` starts the emulator when `devtools.realtime_emulator` exists.
+    `with_emulator=False` leaves the realtime emulator out (storage and identity only).
     `azurite_in_memory=False` keeps blobs under the state dir, so `azurite.restart()` behaves like a
     storage outage (data survives) rather than a wipe.
     """
@@ -325,7 +318,7 @@ class Stack:
         state_dir: Path | None = None,
         *,
         emulator_args: Sequence[str] = (),
-        with_emulator: bool | None = None,
+        with_emulator: bool = True,
         emulator_tls: bool = False,
         azurite_in_memory: bool = False,
         token_lifetime: int = 3600,
@@ -333,7 +326,7 @@ class Stack:
         self.state_dir = (state_dir or DEFAULT_STATE_DIR).resolve()
         self.log_dir = self.state_dir / "logs"
         self.emulator_args = list(emulator_args)
-        self.with_emulator = realtime_emulator_available() if with_emulator is None else with_emulator
+        self.with_emulator = with_emulator
         self.emulator_tls = emulator_tls
         self.azurite_in_memory = azurite_in_memory
         self.token_lifetime = token_lifetime
@@ -587,7 +580,7 @@ def start_stack(
     state_dir: Path | None = None,
     *,
     emulator_args: Sequence[str] = (),
-    with_emulator: bool | None = None,
+    with_emulator: bool = True,
     emulator_tls: bool = False,
     azurite_in_memory: bool = False,
     token_lifetime: int = 3600,

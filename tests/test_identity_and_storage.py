@@ -325,8 +325,7 @@ async def test_identity_endpoint_outage_and_restart_on_the_same_port(
 
 @pytest.fixture
 def emulator(stack: Stack) -> ServiceProcess:
-    if stack.emulator is None:
-        pytest.skip("devtools.realtime_emulator is not available")
+    assert stack.emulator is not None
     return stack.emulator
 
 
