@@ -54,8 +54,8 @@ param principalType string = 'User'
 ])
 param instanceMemoryMB int = 2048
 
-@description('Upper bound on the number of instances the function app scales out to.')
-@minValue(1)
+@description('Upper bound on the number of instances the function app scales out to (Flex Consumption allows 40 to 1000).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 

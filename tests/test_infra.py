@@ -674,6 +674,19 @@ def function_app_problems(templates: Templates) -> Problems:
         problems.expect(module["params"].get(param) == param, f"main.bicep: {param} must be passed through")
         problems.expect(param in main["parameters"], f"main.bicep: {param} must be a parameter")
     problems.expect(module["params"].get("serviceName") == "api", "main.bicep: serviceName must be 'api'")
+    for tree in (main, app):  # the platform's limits
+        low, high = (
+            decorator(tree, "maximumInstanceCount", "min_value"),
+            decorator(tree, "maximumInstanceCount", "max_value"),
+        )
+        problems.expect(
+            low is not None and high is not None and 40 <= low <= high <= 1000,
+            "maximumInstanceCount: 40 to 1000",
+        )
+        memory = decorator(tree, "instanceMemoryMB", "allowed") or []
+        problems.expect(
+            bool(memory) and set(memory) <= {512, 2048, 4096}, "instanceMemoryMB: 512, 2048 or 4096"
+        )
     return problems
 
 

@@ -46,8 +46,8 @@ param pythonVersion string = '3.11'
 ])
 param instanceMemoryMB int = 2048
 
-@description('Upper bound on the number of instances the app scales out to.')
-@minValue(1)
+@description('Upper bound on the number of instances the app scales out to (Flex Consumption allows 40 to 1000).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
