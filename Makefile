@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench infra-check clean
 
-setup: $(VENV)/.installed node_modules/.installed
+IAC_VENV := .devstate/iac-venv
+
+setup: $(VENV)/.installed node_modules/.installed $(IAC_VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,10 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
+# checkov lives in its own virtualenv: its pinned dependencies clash with the app's.
+$(IAC_VENV)/.installed: infra/requirements-iac.txt | $(VENV)/.installed
+	$(PY) -m devtools.check_infra --install
+
 demo: setup
 	$(PY) -m devtools.demo
 
@@ -26,6 +32,9 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest
+
+infra-check: setup
+	$(PY) -m devtools.check_infra
 
 bench: setup
 	$(PY) -m benchmarks.run

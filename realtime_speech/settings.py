@@ -19,7 +19,9 @@ MIB = 1024 * 1024
 class Settings(BaseSettings):
     """Every app setting the code reads. Names are the environment variable names, case-insensitive."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     azure_openai_endpoint: AnyHttpUrl
     azure_openai_deployment_name: str = Field("gpt-realtime", min_length=1)
