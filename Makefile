@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 
 IAC_VENV := .devstate/iac-venv
 
-setup: $(VENV)/.installed node_modules/.installed $(IAC_VENV)/.installed
+setup: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint $(IAC_VENV)/.installed
 	$(PY) -m pytest
 
-infra-check: setup
+infra-check: $(IAC_VENV)/.installed
 	$(PY) -m devtools.check_infra
 
 bench: setup
