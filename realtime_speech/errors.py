@@ -9,19 +9,23 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 PROBLEM_TYPE_BASE = "urn:realtime-speech:problem:"
+DEFAULT_RETRY_AFTER_SECONDS = 5.0
 
 
 class ServiceError(Exception):
-    """A failure with a documented status. Subclasses set `status`, `code` and `title`."""
+    """A failure with a documented status. Subclasses set `status`, `code` and `title`; the ones a
+    caller should retry later (429, 503) also set `default_retry_after`, so they always carry a
+    `Retry-After`."""
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
+    default_retry_after: ClassVar[float | None] = None
 
     def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.retry_after = retry_after
+        self.retry_after = retry_after if retry_after is not None else self.default_retry_after
 
     def problem(self, request_id: str) -> dict[str, Any]:
         """The RFC 9457 problem document for this error."""
@@ -50,8 +54,13 @@ class NotConfigured(ServiceError):
     status, code, title = 500, "not-configured", "The function app is not configured"
 
 
+class IdempotencyKeyReused(ServiceError):
+    status, code, title = 422, "idempotency-key-reused", "The Idempotency-Key was used for another request"
+
+
 class UpstreamRateLimited(ServiceError):
     status, code, title = 429, "upstream-rate-limited", "The model's rate limit was reached"
+    default_retry_after = DEFAULT_RETRY_AFTER_SECONDS
 
 
 class UpstreamAuthFailed(ServiceError):
@@ -64,14 +73,17 @@ class UpstreamFailed(ServiceError):
 
 class UpstreamUnavailable(ServiceError):
     status, code, title = 503, "upstream-unavailable", "The model could not be reached"
+    default_retry_after = DEFAULT_RETRY_AFTER_SECONDS
 
 
 class IdentityUnavailable(ServiceError):
     status, code, title = 503, "identity-unavailable", "The managed identity could not provide a token"
+    default_retry_after = DEFAULT_RETRY_AFTER_SECONDS
 
 
 class StorageUnavailable(ServiceError):
     status, code, title = 503, "storage-unavailable", "Blob storage could not be reached"
+    default_retry_after = DEFAULT_RETRY_AFTER_SECONDS
 
 
 class DeadlineExceeded(ServiceError):

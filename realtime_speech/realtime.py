@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, WebSocketConnectionClosedError
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .errors import (
     ServiceError,
@@ -34,7 +34,8 @@ AudioSink = Callable[[bytes], Awaitable[None]]
 CONNECT_ATTEMPTS = 4
 FIRST_BACKOFF_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 4.0
-DEFAULT_RETRY_AFTER_SECONDS = 5.0
+# websockets waits 10 s by default for each; a stuck peer must not hold a request (or its cleanup) that long.
+WEBSOCKET_OPTIONS = {"open_timeout": 10.0, "close_timeout": 2.0}
 
 
 @dataclass(frozen=True)
@@ -114,20 +115,28 @@ class RealtimeSpeaker:
             )
             await connection.response.create()
             return await _collect_answer(connection, on_audio, on_audio_end, timeline)
+        except (ConnectionClosed, WebSocketConnectionClosedError) as exc:
+            received = exc.rcvd if isinstance(exc, ConnectionClosed) else None
+            how = f"closed it (code {received.code})" if received else "dropped it"
+            raise UpstreamFailed(f"The realtime endpoint {how} before the answer was complete.") from None
         finally:
             await connection.close()
 
     async def _open(self, deadline: float) -> AsyncRealtimeConnection:
-        """Connect, retrying refusals that happen before any output with backoff and jitter."""
+        """Connect, retrying refusals that happen before any output with backoff and jitter; the
+        endpoint's `Retry-After` replaces the backoff. No retry would end after the deadline."""
         loop = asyncio.get_running_loop()
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
             try:
                 return await self._client.realtime.connect(
-                    model=self._deployment, extra_headers=self._extra_headers
+                    model=self._deployment,
+                    extra_headers=self._extra_headers,
+                    websocket_connection_options=WEBSOCKET_OPTIONS,  # type: ignore[typeddict-unknown-key]
                 ).enter()
             except Exception as exc:
                 error = connect_error(exc)
-                delay = error.retry_after if error.retry_after is not None else _backoff(attempt)
+                asked = _handshake_retry_after(exc)
+                delay = asked if asked is not None else _backoff(attempt)
                 if not _retryable(error) or attempt == CONNECT_ATTEMPTS or loop.time() + delay >= deadline:
                     raise error from None
                 await asyncio.sleep(delay)
@@ -149,30 +158,39 @@ def connect_error(exc: Exception) -> ServiceError:
         return exc
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
-        retry_after = _retry_after(exc.response.headers.get("Retry-After"))
-        if status in (401, 403):
+        if status == 401:
             return UpstreamAuthFailed(
-                f"The realtime endpoint refused the app's credentials (HTTP {status}): check the "
-                "managed identity's 'Cognitive Services OpenAI User' role or the API key."
+                "The realtime endpoint rejected the credentials (HTTP 401): the token is invalid, expired or "
+                "for another audience, or the API key is wrong. Check the managed identity (AZURE_CLIENT_ID) "
+                "or AZURE_OPENAI_API_KEY."
+            )
+        if status == 403:
+            return UpstreamAuthFailed(
+                "The realtime endpoint denied access (HTTP 403): the identity lacks the 'Cognitive Services "
+                "OpenAI User' role on the Azure OpenAI resource."
             )
         if status == 404:
             return UpstreamFailed("The realtime endpoint answered 404: check the deployment name.")
+        retry_after = _handshake_retry_after(exc)
         if status == 429:
             return UpstreamRateLimited(
-                "The realtime endpoint is rate limiting (HTTP 429).",
-                retry_after=retry_after or DEFAULT_RETRY_AFTER_SECONDS,
+                "The realtime endpoint is rate limiting (HTTP 429).", retry_after=retry_after
             )
         if status >= 500:
             return UpstreamUnavailable(
                 f"The realtime endpoint failed the handshake (HTTP {status}).", retry_after=retry_after
             )
         return UpstreamFailed(f"The realtime endpoint refused the handshake (HTTP {status}).")
-    if isinstance(exc, OSError | TimeoutError | ConnectionClosed | InvalidURI):
+    if isinstance(exc, OSError | TimeoutError | ConnectionClosed | InvalidHandshake | InvalidURI):
         return UpstreamUnavailable(f"The realtime endpoint could not be reached ({type(exc).__name__}).")
     raise exc
 
 
-def _retry_after(value: str | None) -> float | None:
+def _handshake_retry_after(exc: Exception) -> float | None:
+    """The seconds a refused handshake's `Retry-After` asks for, if it gave a number."""
+    if not isinstance(exc, InvalidStatus):
+        return None
+    value = exc.response.headers.get("Retry-After")
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:
@@ -189,31 +207,26 @@ async def _collect_answer(
     session_id: str | None = None
     transcript: str | None = None
     deltas: list[str] = []
-    try:
-        async for event in connection:
-            match event.type:
-                case "response.output_audio.delta":
-                    timeline.mark("first_audio")
-                    await on_audio(base64.b64decode(event.delta))
-                case "response.output_audio.done":
-                    timeline.mark("audio_done")
-                    on_audio_end()
-                case "response.output_audio_transcript.delta":
-                    deltas.append(event.delta)
-                case "response.output_audio_transcript.done":
-                    transcript = event.transcript
-                case "session.created" | "session.updated":
-                    session_id = event.session.id  # type: ignore[union-attr]
-                case "error":
-                    raise _error_event(event.error)
-                case "response.done":
-                    timeline.mark("response_done")
-                    on_audio_end()
-                    return _answer(event.response, session_id, transcript or "".join(deltas))
-    except ConnectionClosed as exc:
-        raise UpstreamFailed(
-            f"The realtime connection dropped before the answer was complete (close code {exc.code})."
-        ) from None
+    async for event in connection:
+        match event.type:
+            case "response.output_audio.delta":
+                timeline.mark("first_audio")
+                await on_audio(base64.b64decode(event.delta))
+            case "response.output_audio.done":
+                timeline.mark("audio_done")
+                on_audio_end()
+            case "response.output_audio_transcript.delta":
+                deltas.append(event.delta)
+            case "response.output_audio_transcript.done":
+                transcript = event.transcript
+            case "session.created" | "session.updated":
+                session_id = event.session.id  # type: ignore[union-attr]
+            case "error":
+                raise _error_event(event.error)
+            case "response.done":
+                timeline.mark("response_done")
+                on_audio_end()
+                return _answer(event.response, session_id, transcript or "".join(deltas))
     raise UpstreamFailed("The realtime connection closed before the answer was complete.")
 
 
@@ -244,17 +257,22 @@ def _transcript_of(response: Any) -> str:
     return ""
 
 
-_RETRY_IN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)", re.IGNORECASE)
+# Azure says "Please retry after 20 seconds."; OpenAI says "Please try again in 7.5s" (or "in 350ms").
+_RETRY_IN = re.compile(r"(?:try again in|retry after)\s+(\d+(?:\.\d+)?)\s*(ms|s)", re.IGNORECASE)
 
 
 def _error_event(error: Any) -> ServiceError:
     """Map a realtime `error` event; a rate limit carries the wait the service asked for."""
     message = (error.message or "")[:300]
     if error.code == "rate_limit_exceeded":
-        match = _RETRY_IN.search(message)
-        wait = float(match[1]) / (1000 if match and match[2].lower() == "ms" else 1) if match else None
         return UpstreamRateLimited(
-            f"The model's rate limit was exceeded: {message}",
-            retry_after=wait or DEFAULT_RETRY_AFTER_SECONDS,
+            f"The model's rate limit was exceeded: {message}", retry_after=_wait_asked_in(message)
         )
     return UpstreamFailed(f"The model reported an error ({error.code or error.type}): {message}")
+
+
+def _wait_asked_in(message: str) -> float | None:
+    match = _RETRY_IN.search(message)
+    if match is None:
+        return None
+    return float(match[1]) / (1000 if match[2].lower() == "ms" else 1)
