@@ -1,4 +1,7 @@
-"""The HTTP edge: requests in, JSON or RFC 9457 problem documents out, one log line per request."""
+"""The HTTP edge: requests in, JSON or RFC 9457 problem documents out, one log line per request.
+
+Importing it makes every log record of the process redacted (see `logs`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import json
 import logging
 import math
 import re
-import time
 from typing import Any
 from uuid import uuid4
 
@@ -21,16 +23,21 @@ from .errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from .models import MAX_BODY_BYTES, SpeechRequest
-from .service import SpeechService
+from .logs import install_redaction
+from .models import MAX_BODY_BYTES, SpeechRequest, Timeline
+from .service import SpeechOutcome, SpeechService
 from .settings import SettingsError, get_settings, settings_status
 
+install_redaction()
 log = logging.getLogger("realtime_speech")
 # The Azure SDK logs every HTTP request and response at INFO; one line per request is ours to write.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 REQUEST_ID_HEADER = "x-request-id"
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SAFE_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:~+/=-]{1,128}$")
 _JSON_MEDIA_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
 
 _service: SpeechService | None = None
@@ -53,19 +60,20 @@ def speech_service() -> SpeechService:
 async def speech(req: func.HttpRequest) -> func.HttpResponse:
     """`POST /api/speech`: text in, a read-only URL to the spoken answer and its transcript out."""
     request_id = _request_id(req)
-    started = time.perf_counter()
+    timeline = Timeline()
     try:
         speech_request = parse_speech_request(req)
-        result = await speech_service().speak(speech_request, request_id)
-        response = _json_response(200, result.model_dump(mode="json"), request_id)
-        _log_request(request_id, 200, started, result.timings_ms, result.audio.duration_seconds)
+        key = idempotency_key(req)
+        outcome = await speech_service().speak(speech_request, request_id, timeline, key)
+        response = _success_response(outcome, request_id)
+        _log_request(request_id, 200, timeline, outcome=outcome)
     except ServiceError as exc:
         response = problem_response(exc, request_id)
-        _log_request(request_id, exc.status, started, error=exc.code)
+        _log_request(request_id, exc.status, timeline, error=exc.code)
     except Exception:
         log.exception("request_id=%s unexpected failure", request_id)
         response = problem_response(ServiceError("The request failed unexpectedly."), request_id)
-        _log_request(request_id, 500, started, error="internal-error")
+        _log_request(request_id, 500, timeline, error="internal-error")
     return response
 
 
@@ -83,6 +91,18 @@ def parse_speech_request(req: func.HttpRequest) -> SpeechRequest:
         return SpeechRequest.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidRequest(_validation_detail(exc)) from None
+
+
+def idempotency_key(req: func.HttpRequest) -> str | None:
+    """The optional `Idempotency-Key` header, checked to be a safe token."""
+    key = req.headers.get(IDEMPOTENCY_KEY_HEADER)
+    if key is None:
+        return None
+    if not _SAFE_IDEMPOTENCY_KEY.match(key):
+        raise InvalidRequest(
+            f"The {IDEMPOTENCY_KEY_HEADER} header must be 1-128 characters of A-Z a-z 0-9 . _ : ~ + / = -."
+        )
+    return key
 
 
 def _validation_detail(exc: ValidationError) -> str:
@@ -113,11 +133,14 @@ def problem_response(error: ServiceError, request_id: str) -> func.HttpResponse:
     )
 
 
-def _json_response(status: int, body: dict[str, Any], request_id: str) -> func.HttpResponse:
+def _success_response(outcome: SpeechOutcome, request_id: str) -> func.HttpResponse:
+    headers = {REQUEST_ID_HEADER: request_id}
+    if outcome.replayed:
+        headers[REPLAYED_HEADER] = "true"
     return func.HttpResponse(
-        json.dumps(body),
-        status_code=status,
-        headers={REQUEST_ID_HEADER: request_id},
+        json.dumps(outcome.result.model_dump(mode="json")),
+        status_code=200,
+        headers=headers,
         mimetype="application/json",
     )
 
@@ -131,21 +154,20 @@ def _request_id(req: func.HttpRequest) -> str:
 def _log_request(
     request_id: str,
     status: int,
-    started: float,
-    timings_ms: dict[str, float] | None = None,
-    audio_seconds: float | None = None,
+    timeline: Timeline,
+    *,
+    outcome: SpeechOutcome | None = None,
     error: str | None = None,
 ) -> None:
-    """One structured line per request: ids, outcome and durations, never a secret."""
-    fields: dict[str, Any] = {
-        "request_id": request_id,
-        "status": status,
-        "total_ms": round((time.perf_counter() - started) * 1000, 1),
-    }
-    if timings_ms:
-        fields["timings_ms"] = timings_ms
-    if audio_seconds is not None:
-        fields["audio_seconds"] = audio_seconds
+    """One structured line per request: id, outcome, the duration of each phase reached and the
+    audio's length; never a secret."""
+    fields: dict[str, Any] = {"request_id": request_id, "status": status, "total_ms": timeline.elapsed_ms()}
+    fields.update((f"{phase}_ms", ms) for phase, ms in timeline.phases_ms().items())
+    if outcome is not None:
+        fields["audio_seconds"] = outcome.result.audio.duration_seconds
+        fields["response_status"] = outcome.result.status
+        if outcome.replayed:
+            fields["replayed"] = True
     if error:
         fields["error"] = error
     log.info("speech %s", json.dumps(fields, separators=(",", ":")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -33,6 +34,10 @@ class SpeechRequest(BaseModel):
     instructions: NonBlank | None = Field(None, min_length=1, max_length=MAX_INSTRUCTIONS_CHARS)
     voice: Voice | None = None
 
+    def fingerprint(self) -> str:
+        """What the request asks, as a digest: equal for bodies that differ only in layout."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
 
 class AudioFacts(BaseModel):
     format: str = "wav"
@@ -63,6 +68,15 @@ class SpeechResult(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
 
+# The phases of a request, each from one mark (None: the request's start) to the next.
+PHASES = (
+    ("connect", None, "connected"),
+    ("first_audio", "connected", "first_audio"),
+    ("stream", "first_audio", "response_done"),
+    ("commit", "response_done", "committed"),
+)
+
+
 class Timeline:
     """Milliseconds since the request began, per named moment (connected, first_audio, ...)."""
 
@@ -72,4 +86,16 @@ class Timeline:
 
     def mark(self, name: str) -> None:
         """Record the first time `name` happens; later calls keep the first."""
-        self.marks.setdefault(name, round((time.perf_counter() - self._start) * 1000, 1))
+        self.marks.setdefault(name, self.elapsed_ms())
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self._start) * 1000, 1)
+
+    def phases_ms(self) -> dict[str, float]:
+        """How long each phase that was reached took (connect, first_audio, stream, commit)."""
+        marks = {None: 0.0, **self.marks}
+        return {
+            name: round(marks[end] - marks[start], 1)
+            for name, start, end in PHASES
+            if start in marks and end in marks
+        }

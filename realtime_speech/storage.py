@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -24,7 +25,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.storage.blob import BlobSasPermissions, ContentSettings, UserDelegationKey, generate_blob_sas
-from azure.storage.blob.aio import BlobClient, BlobServiceClient
+from azure.storage.blob.aio import BlobClient, BlobServiceClient, LinearRetry
 
 from .errors import IdentityUnavailable, ServiceError, StorageUnavailable
 from .wav import PCM16_24KHZ_MONO, PcmFormat, wav_header
@@ -33,6 +34,22 @@ HEADER_BLOCK_ID = f"{0:08d}"
 CLOCK_SKEW = timedelta(minutes=5)
 KEY_RENEWAL_MARGIN = timedelta(hours=1)
 MAX_KEY_LIFETIME = timedelta(days=7)
+
+
+def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> BlobServiceClient:
+    """The process-wide client, failing fast when storage is down.
+
+    The SDK's default retry waits about 15, 18 and 24 s between attempts, so an outage would use up
+    the request's deadline (a 504) instead of answering 503 in a few seconds. Here: two retries about
+    a second apart (full jitter), 5 s to connect, 30 s for a response (a 4 MiB block included).
+    """
+    return BlobServiceClient(
+        account_url,
+        credential=credential,
+        retry_policy=LinearRetry(backoff=1, random_jitter_range=1, retry_total=2),
+        connection_timeout=5,
+        read_timeout=30,
+    )
 
 
 @asynccontextmanager
@@ -97,17 +114,24 @@ class AudioStore:
     def audio_writer(self, blob_name: str) -> AudioBlobWriter:
         return AudioBlobWriter(self._container.get_blob_client(blob_name), self._block_size, self.prepare())
 
-    async def save_record(self, blob_name: str, record: dict[str, Any]) -> None:
-        """Store a request's JSON record beside its audio."""
+    async def save_record(self, blob_name: str, record: dict[str, Any], *, only_if_new: bool = False) -> bool:
+        """Store a JSON record; with `only_if_new`, only if no blob of that name exists yet (the check
+        and the write are one conditional request). Returns whether it was written."""
         data = json.dumps(record, ensure_ascii=False, indent=2, default=str).encode()
-        async with storage_errors("save the request record"):
+        async with storage_errors("save a request record"):
             await self.prepare()
-            await self._container.upload_blob(
-                blob_name,
-                data,
-                overwrite=True,
-                content_settings=ContentSettings(content_type="application/json"),
-            )
+            try:
+                await self._container.upload_blob(
+                    blob_name,
+                    data,
+                    overwrite=not only_if_new,
+                    content_settings=ContentSettings(content_type="application/json"),
+                )
+            except ResourceExistsError:
+                if not only_if_new:
+                    raise
+                return False
+        return True
 
     async def load_record(self, blob_name: str) -> dict[str, Any] | None:
         """A stored record, or None when there is none."""
