@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
 from pathlib import Path
 
 import pytest
@@ -23,6 +28,7 @@ from devtools.stack import Stack, is_ambient_setting, start_stack
 from .speech_client import SpeechClient
 
 ClientEnv = Callable[..., AbstractContextManager[dict[str, str]]]
+SpeechHost = Callable[..., AbstractAsyncContextManager[SpeechClient]]
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +89,12 @@ async def blob_service(
         yield client
 
 
-async def _speech_client(stack: Stack, credential: ManagedIdentityCredential, **overrides: str | None):
-    """A running function host (dev host, own process) with the stack's settings plus `overrides`."""
-    host = stack.start_host(overrides)
+async def _speech_client(
+    stack: Stack, credential: ManagedIdentityCredential, app: str | None = None, **overrides: str | None
+) -> AsyncIterator[SpeechClient]:
+    """A running function host (dev host, own process) with the stack's settings plus `overrides`,
+    serving `app` (`module[:attribute]`, default `function_app`)."""
+    host = stack.start_host(overrides, app=app)
     client = SpeechClient(
         host_url=host.url,
         emulator_url=stack.openai_endpoint,
@@ -93,6 +102,7 @@ async def _speech_client(stack: Stack, credential: ManagedIdentityCredential, **
         ca_file=str(stack.ca_file),
         credential=credential,
         api_key=overrides.get("AZURE_OPENAI_API_KEY"),
+        host=host,
     )
     try:
         yield client
@@ -117,3 +127,12 @@ async def api_key_speech(
         stack, identity_credential, AZURE_OPENAI_API_KEY=stack.emulator_api_key
     ):
         yield client
+
+
+@pytest.fixture(scope="session")
+def speech_host(stack: Stack, identity_credential: ManagedIdentityCredential) -> SpeechHost:
+    """`async with speech_host(app=None, **overrides) as client:` a function host of its own (e.g. a
+    short `REALTIME_TIMEOUT_SECONDS`), stopped when the block ends."""
+    return lambda app=None, **overrides: asynccontextmanager(_speech_client)(
+        stack, identity_credential, app, **overrides
+    )

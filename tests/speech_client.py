@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+
+from devtools.stack import ServiceProcess
 
 Response = tuple[int, Any, "aiohttp.typedefs.LooseHeaders"]
 
@@ -23,6 +28,8 @@ class SpeechClient:
     credential: AsyncTokenCredential
     container: str = "audio"
     api_key: str | None = None
+    host: ServiceProcess | None = None
+    """The function host's process (its `log_path`), when the client belongs to one."""
     _http: aiohttp.ClientSession | None = field(default=None, init=False)
 
     @property
@@ -39,8 +46,10 @@ class SpeechClient:
         if self._http is not None:
             await self._http.close()
 
-    async def post(self, body: dict[str, Any], request_id: str | None = None) -> Response:
-        return await self.post_raw(json.dumps(body).encode(), "application/json", request_id)
+    async def post(
+        self, body: dict[str, Any], request_id: str | None = None, headers: Mapping[str, str] = {}
+    ) -> Response:
+        return await self.post_raw(json.dumps(body).encode(), "application/json", request_id, **headers)
 
     async def post_raw(
         self, body: bytes, content_type: str | None, request_id: str | None = None, **headers: str
@@ -70,6 +79,26 @@ class SpeechClient:
             assert response.status == 200
             return await response.json()
 
+    async def emulator_stats(self) -> dict[str, Any]:
+        async with self.http.get(f"{self.emulator_url}/_emulator/stats") as response:
+            assert response.status == 200
+            return await response.json()
+
+    async def refuse_handshakes(self, status: int, count: int, retry_after: int | None = None) -> None:
+        """Make the emulator refuse its next `count` handshakes with `status` (0 clears)."""
+        fault = {"status": status, "count": count, "retry_after": retry_after}
+        async with self.http.post(f"{self.emulator_url}/_emulator/handshake-faults", json=fault) as response:
+            assert response.status == 200, await response.text()
+
+    async def assert_sessions_closed(self) -> None:
+        """Within 5 s the emulator has no connection open: the app closed every one it opened."""
+        for _ in range(100):
+            stats = await self.emulator_stats()
+            if stats["connections_open"] == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"realtime connections left open: {stats}")
+
     async def emulator_session(self, user_text: str) -> dict[str, Any]:
         """The one emulator session that was asked `user_text`."""
         matches = [s for s in await self.emulator_sessions() if s["user_text"] == user_text]
@@ -83,8 +112,12 @@ class SpeechClient:
         return service.get_container_client(self.container)
 
     async def blob_names(self) -> set[str]:
+        """Every committed blob in the audio container (none before the app created it)."""
         async with self._container() as container:
-            return {blob.name async for blob in container.list_blobs()}
+            try:
+                return {blob.name async for blob in container.list_blobs()}
+            except ResourceNotFoundError:
+                return set()
 
     async def committed_blocks(self, blob_name: str) -> list[int]:
         """Sizes of the blob's committed blocks, in order."""
@@ -92,7 +125,25 @@ class SpeechClient:
             committed, _ = await container.get_blob_client(blob_name).get_block_list("committed")
             return [block.size for block in committed]
 
+    async def wav_names(self) -> set[str]:
+        return {name for name in await self.blob_names() if name.endswith(".wav")}
+
     async def read_json_blob(self, blob_name: str) -> Any:
         async with self._container() as container:
             downloader = await container.download_blob(blob_name)
             return json.loads(await downloader.readall())
+
+
+def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]:
+    """Check an RFC 9457 answer (status, media type, every member, request id echoed); return it."""
+    got_status, problem, headers = response
+    assert got_status == status, problem
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert problem["type"] == f"urn:realtime-speech:problem:{code}"
+    assert problem["status"] == status
+    assert problem["title"] and problem["detail"]
+    assert problem["request_id"] == headers["x-request-id"]
+    assert "Traceback" not in json.dumps(problem)
+    if status in (429, 503):
+        assert int(headers["Retry-After"]) >= 1
+    return problem
