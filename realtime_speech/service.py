@@ -140,9 +140,9 @@ class SpeechService:
         record_name = idempotency_record_name(key)
         kept = await self.store.load_record(record_name)
         if kept is None:
-            result = await self._speak(request, request_id, deadline, timeline)
+            result = await self._answer(request, request_id, deadline, timeline)
             if await self._keep(record_name, {"fingerprint": fingerprint, "result": _record(result)}, result):
-                return _FirstAnswer(fingerprint, await self._signed(result, timeline), replayed=False)
+                return _FirstAnswer(fingerprint, result, replayed=False)
             kept = await self.store.load_record(record_name)  # another instance kept its answer first
             if kept is None:
                 raise StorageUnavailable("The idempotency record changed while it was read; retry.")
