@@ -533,7 +533,8 @@ class Stack:
         argv = [
             *(sys.executable, "-m", "devtools.identity_endpoint"),
             *("--port", PORT_PLACEHOLDER, "--host", LOOPBACK),
-            *("--secret", self.identity_header, "--signing-key", str(certs.token_signing_key)),
+            # `--name=value`: a random secret may start with "-", which argparse would take for an option
+            *(f"--secret={self.identity_header}", "--signing-key", str(certs.token_signing_key)),
             *("--tenant-id", self.tenant_id, "--object-id", self.object_id, "--client-id", self.client_id),
             *("--token-lifetime", str(self.token_lifetime)),
         ]
@@ -553,7 +554,8 @@ class Stack:
         argv = [
             *(sys.executable, "-m", "devtools.realtime_emulator"),
             *("--port", PORT_PLACEHOLDER, "--host", LOOPBACK),
-            *("--api-key", self.emulator_api_key, "--token-public-key", str(certs.token_signing_public_key)),
+            f"--api-key={self.emulator_api_key}",
+            *("--token-public-key", str(certs.token_signing_public_key)),
         ]
         if self.emulator_tls:
             self.emulator_tls_port = free_port()
