@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,11 +106,12 @@ class SpeechClient:
         assert len(matches) == 1, f"{len(matches)} sessions were asked this text"
         return matches[0]
 
-    def _container(self) -> ContainerClient:
-        service = BlobServiceClient(
+    @asynccontextmanager
+    async def _container(self) -> AsyncIterator[ContainerClient]:
+        async with BlobServiceClient(
             self.storage_url, credential=self.credential, connection_verify=self.ca_file
-        )
-        return service.get_container_client(self.container)
+        ) as service:
+            yield service.get_container_client(self.container)
 
     async def blob_names(self) -> set[str]:
         """Every committed blob in the audio container (none before the app created it)."""
