@@ -1,0 +1,84 @@
+"""What the numbers were measured on: machine, versions, the app's commit; and import-time profiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from collections import defaultdict
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from devtools.stack import REPO_ROOT
+
+PACKAGES = (
+    "openai",
+    "websockets",
+    "azure-storage-blob",
+    "azure-identity",
+    "azure-core",
+    "aiohttp",
+    "pydantic",
+)
+
+
+def describe(app: str) -> dict[str, Any]:
+    """The machine and versions; `app` says which version of the app was measured."""
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": _output(["node", "--version"]),
+        "azurite": json.loads((REPO_ROOT / "node_modules/azurite/package.json").read_text())["version"],
+        "packages": {name: version(name) for name in PACKAGES},
+        "app": app,
+    }
+
+
+def import_profile(importtime_stderr: str, top: int = 10) -> list[dict[str, Any]]:
+    """Self time of `python -X importtime` summed per top-level package, largest first."""
+    totals: dict[str, int] = defaultdict(int)
+    for line in importtime_stderr.splitlines():
+        if not line.startswith("import time:") or "[us]" in line:
+            continue
+        self_us, _cumulative, name = (part.strip() for part in line.removeprefix("import time:").split("|"))
+        totals[name.split(".")[0]] += int(self_us)
+    ranked = sorted(totals.items(), key=lambda item: item[1], reverse=True)
+    return [{"package": name, "ms": us / 1000} for name, us in ranked[:top]]
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
+def checkout_label(app_root: Path, app_paths: tuple[str, ...]) -> str:
+    """The checkout's commit, marked `+changes` when the app's files differ from it."""
+    git = ["git", "-C", str(app_root)]
+    commit = _output([*git, "rev-parse", "--short", "HEAD"])
+    if not commit:
+        return f"{app_root} (not a git checkout)"
+    dirty = _output([*git, "status", "--porcelain", "--", *app_paths])
+    return f"{commit}+changes" if dirty else commit
+
+
+def ref_label(ref: str) -> str:
+    return f"{_output(['git', '-C', str(REPO_ROOT), 'rev-parse', '--short', ref])} ({ref})"
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
