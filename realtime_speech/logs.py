@@ -20,33 +20,46 @@ _SECRET_NAMES = (
     r"api[-_]?key|x-functions-key|ocp-apim-subscription-key|x-identity-header|identity[-_]header"
     r"|access[-_]token|refresh[-_]token|client[-_]secret|account[-_]?key|password|secret"
 )
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*"), REDACTED),
-    (re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+"), rf"\1{REDACTED}"),
-    (re.compile(r"(?i)\b(sig=)[^&\s\"'<>;]+"), rf"\1{REDACTED}"),
-    (re.compile(r"(?i)([?&]code=)[^&\s\"'<>;]+"), rf"\1{REDACTED}"),
-    (re.compile(rf"(?i)\b({_SECRET_NAMES})([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;)]+"), rf"\1\2{REDACTED}"),
+# Each pattern matches what to keep (group `keep`) followed by the secret.
+_PATTERNS = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"(?P<keep>)\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*",  # a JWT anywhere
+        r"(?i)(?P<keep>\bbearer\s+)[^\s\"',;]+",
+        r"(?i)(?P<keep>\bsig=)[^&\s\"'<>;]+",
+        r"(?i)(?P<keep>[?&]code=)[^&\s\"'<>;]+",
+        rf"(?i)(?P<keep>\b(?:{_SECRET_NAMES})[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;)]+",
+    )
 )
+WITHHELD = "[log message withheld: it could not be redacted]"
 
 
 def redact(text: str) -> str:
     """`text` with every secret it contains replaced by REDACTED."""
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    for pattern in _PATTERNS:
+        text = pattern.sub(_keep_and_redact, text)
     return text
 
 
+def _keep_and_redact(match: re.Match[str]) -> str:
+    # A function, not a template: a template makes `re` import at each call, which fails while
+    # the interpreter shuts down (and objects still log from their finalizers).
+    return match["keep"] + REDACTED
+
+
 def redact_record(record: logging.LogRecord) -> None:
-    """Merge the message, its arguments and any traceback into one redacted message."""
+    """Merge the message, its arguments and any traceback into one redacted message; if that fails,
+    the message is withheld rather than logged as it is."""
     try:
         message = record.getMessage()
-    except Exception:  # a broken format string: leave it for the handler to report
-        return
-    if record.exc_info:
-        message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
-    if record.stack_info:
-        message += "\n" + record.stack_info
-    record.msg, record.args = redact(message), ()
+        if record.exc_info:
+            message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        if record.stack_info:
+            message += "\n" + record.stack_info
+        message = redact(message)
+    except Exception:
+        message = WITHHELD
+    record.msg, record.args = message, ()
     record.exc_info = record.exc_text = record.stack_info = None
 
 

@@ -241,7 +241,7 @@ class SpeechService:
 
     async def probe(self) -> dict[str, str]:
         """Check identity and storage now; each answer is "ok" or a sentence saying what failed."""
-        checks = {"storage": self.store.prepare(), "identity": self._check_identity()}
+        checks = {"storage": self.store.ready(), "identity": self._check_identity()}
         results = await asyncio.gather(*checks.values(), return_exceptions=True)
         return {
             name: "ok" if not isinstance(result, BaseException) else _describe(result)

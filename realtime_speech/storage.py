@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -98,12 +98,17 @@ class AudioStore:
         """Start, once per process, what requests need before their first write and their SAS: the
         container and a delegation key. It overlaps the first request's model session.
 
-        Callers await the returned task; after a failure, the next request tries again.
+        Requests wait for it with `ready()`; after a failure, the next request tries again.
         """
         ready = self._ready
         if ready is None or (ready.done() and (ready.cancelled() or ready.exception() is not None)):
             self._ready = ready = asyncio.ensure_future(self._prepare())
         return ready
+
+    async def ready(self) -> None:
+        """Wait until `prepare()` is done. Shielded: a request that gives up (a failure, its deadline)
+        must not cancel the preparation every other request is waiting for."""
+        await asyncio.shield(self.prepare())
 
     async def _prepare(self) -> None:
         async with storage_errors("create the audio container"):
@@ -112,14 +117,15 @@ class AudioStore:
         await self._delegation_key(valid_until=datetime.now(UTC) + self._url_ttl)
 
     def audio_writer(self, blob_name: str) -> AudioBlobWriter:
-        return AudioBlobWriter(self._container.get_blob_client(blob_name), self._block_size, self.prepare())
+        self.prepare()  # now, so that it overlaps the model session
+        return AudioBlobWriter(self._container.get_blob_client(blob_name), self._block_size, self.ready)
 
     async def save_record(self, blob_name: str, record: dict[str, Any], *, only_if_new: bool = False) -> bool:
         """Store a JSON record; with `only_if_new`, only if no blob of that name exists yet (the check
         and the write are one conditional request). Returns whether it was written."""
         data = json.dumps(record, ensure_ascii=False, indent=2, default=str).encode()
         async with storage_errors("save a request record"):
-            await self.prepare()
+            await self.ready()
             try:
                 await self._container.upload_blob(
                     blob_name,
@@ -188,7 +194,9 @@ class AudioBlobWriter:
     instead of unbounded buffering.
     """
 
-    def __init__(self, blob: BlobClient, block_size: int, container_ready: asyncio.Future[None]) -> None:
+    def __init__(
+        self, blob: BlobClient, block_size: int, container_ready: Callable[[], Awaitable[None]]
+    ) -> None:
         self._blob = blob
         self._block_size = block_size
         self._container_ready = container_ready
@@ -258,7 +266,7 @@ class AudioBlobWriter:
 
     async def _stage(self, block_id: str, data: bytes) -> None:
         async with storage_errors("write the audio"):
-            await self._container_ready
+            await self._container_ready()
             await self._blob.stage_block(block_id, data, length=len(data))
 
     async def _drain(self) -> None:
