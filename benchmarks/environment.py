@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -63,18 +64,27 @@ def _cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
 
 
-def checkout_label(app_root: Path, app_paths: tuple[str, ...]) -> str:
-    """The checkout's commit, marked `+changes` when the app's files differ from it."""
+def checkout_label(app_root: Path, app_paths: Sequence[str]) -> str:
+    """The last commit that changed the app in this checkout, `+changes` when its files differ."""
     git = ["git", "-C", str(app_root)]
-    commit = _output([*git, "rev-parse", "--short", "HEAD"])
+    commit = _output([*git, "log", "-1", "--format=%h", "--", *app_paths])
     if not commit:
         return f"{app_root} (not a git checkout)"
     dirty = _output([*git, "status", "--porcelain", "--", *app_paths])
     return f"{commit}+changes" if dirty else commit
 
 
-def ref_label(ref: str) -> str:
-    return f"{_output(['git', '-C', str(REPO_ROOT), 'rev-parse', '--short', ref])} ({ref})"
+def ref_label(ref: str, app_paths: Sequence[str]) -> str:
+    """The last commit at `ref` that changed the app."""
+    return _output(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h", ref, "--", *app_paths])
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
 
 
 def _output(argv: list[str]) -> str:

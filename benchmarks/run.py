@@ -189,7 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, start_stack(Path(tmp)) as stack:
         if args.app_ref:
-            app_root, label = export_app(args.app_ref, Path(tmp) / "app"), environment.ref_label(args.app_ref)
+            app_root, label = (
+                export_app(args.app_ref, Path(tmp) / "app"),
+                environment.ref_label(args.app_ref, APP_PATHS),
+            )
         else:
             app_root = args.app_root.resolve()
             label = environment.checkout_label(app_root, APP_PATHS)
