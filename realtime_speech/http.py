@@ -36,8 +36,8 @@ logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(l
 REQUEST_ID_HEADER = "x-request-id"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_SAFE_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:~+/=-]{1,128}$")
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SAFE_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,128}")
 _JSON_MEDIA_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
 
 _service: SpeechService | None = None
@@ -98,7 +98,7 @@ def idempotency_key(req: func.HttpRequest) -> str | None:
     key = req.headers.get(IDEMPOTENCY_KEY_HEADER)
     if key is None:
         return None
-    if not _SAFE_IDEMPOTENCY_KEY.match(key):
+    if not _SAFE_IDEMPOTENCY_KEY.fullmatch(key):
         raise InvalidRequest(
             f"The {IDEMPOTENCY_KEY_HEADER} header must be 1-128 characters of A-Z a-z 0-9 . _ : ~ + / = -."
         )
@@ -148,7 +148,7 @@ def _success_response(outcome: SpeechOutcome, request_id: str) -> func.HttpRespo
 def _request_id(req: func.HttpRequest) -> str:
     """The caller's `x-request-id` when it is a safe token, else a new one."""
     given = req.headers.get(REQUEST_ID_HEADER) or ""
-    return given if _SAFE_REQUEST_ID.match(given) else uuid4().hex
+    return given if _SAFE_REQUEST_ID.fullmatch(given) else uuid4().hex
 
 
 def _log_request(

@@ -6,18 +6,21 @@ import io
 import logging
 from types import SimpleNamespace
 
+import azure.functions as func
 import pytest
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
 from realtime_speech.errors import (
+    InvalidRequest,
     ServiceError,
     UpstreamAuthFailed,
     UpstreamFailed,
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from realtime_speech.http import idempotency_key
 from realtime_speech.logs import REDACTED, WITHHELD, install_redaction, redact, redact_record
 from realtime_speech.models import SpeechRequest, Timeline
 from realtime_speech.realtime import _error_event, connect_error
@@ -150,3 +153,12 @@ def test_the_fingerprint_ignores_layout_but_not_content() -> None:
     assert fingerprint('{"text": "hi"}') == fingerprint('{"text": "hi", "voice": null}')
     assert fingerprint('{"text": "hi"}') != fingerprint('{"text": "hi", "voice": "ash"}')
     assert fingerprint('{"text": "hi"}') != fingerprint('{"text": "hi "}')
+
+
+@pytest.mark.parametrize("key", ["order-1\n", "a b", "", "k" * 129, "ключ"])
+def test_a_malformed_idempotency_key_is_refused(key: str) -> None:
+    request = func.HttpRequest(
+        "POST", "http://localhost/api/speech", headers={"Idempotency-Key": key}, body=b""
+    )
+    with pytest.raises(InvalidRequest, match="Idempotency-Key"):
+        idempotency_key(request)
