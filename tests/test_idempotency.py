@@ -97,7 +97,7 @@ async def test_instances_racing_on_one_key_give_one_result(
 ) -> None:
     """Both instances find no record and pay for a session; the first to keep its answer wins, and
     the other returns that answer and deletes its own."""
-    text, key = unique_text("[[emulator:slow pace=4]] At the same time,"), new_key()
+    text, key = unique_text("[[emulator:slow pace=2]] At the same time,"), new_key()
     wavs_before = await speech.wav_names()
     answers = await asyncio.gather(
         *(client.post({"text": text}, headers=key) for client in (speech, api_key_speech))
