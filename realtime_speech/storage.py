@@ -133,9 +133,7 @@ class AudioStore:
                     overwrite=not only_if_new,
                     content_settings=ContentSettings(content_type="application/json"),
                 )
-            except ResourceExistsError:
-                if not only_if_new:
-                    raise
+            except ResourceExistsError:  # only_if_new, and the blob exists
                 return False
         return True
 
