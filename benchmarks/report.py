@@ -63,8 +63,8 @@ def _machine(results: dict[str, Any]) -> str:
 
 
 def _targets(results: dict[str, Any]) -> str:
-    short = _latency_summary(results["latency"][0])
-    memory = _memory_growth(results["memory"])
+    short = latency_summary(results["latency"][0])
+    memory = memory_growth(_default_block(results["memory"]))
     rows = [
         _target_row(
             f"Added latency, {_audio(short['seconds'])} at full speed: median <= 1.5 x commit + 2 ms",
@@ -82,7 +82,7 @@ def _targets(results: dict[str, Any]) -> str:
     largest = max(
         (run for run in results["concurrency"] if run["kind"] == "function"), key=lambda run: run["sessions"]
     )
-    concurrent = _concurrency_summary(largest)
+    concurrent = concurrency_summary(largest)
     rows.append(
         _target_row(
             f"{largest['sessions']} real-time sessions: success 100 %",
@@ -112,7 +112,7 @@ def _target_row(
 
 
 def _latency(runs: Sequence[dict[str, Any]]) -> str:
-    summaries = [_latency_summary(run) for run in runs]
+    summaries = [latency_summary(run) for run in runs]
     main = _table(
         [
             "Audio",
@@ -170,7 +170,7 @@ def _latency(runs: Sequence[dict[str, Any]]) -> str:
     return f"{main}\n\n{tail}"
 
 
-def _latency_summary(run: dict[str, Any]) -> dict[str, Any]:
+def latency_summary(run: dict[str, Any]) -> dict[str, Any]:
     samples = run["samples"]
 
     def median(values: Iterable[float]) -> float:
@@ -205,8 +205,9 @@ def _memory(runs: Sequence[dict[str, Any]]) -> str:
         [
             "Block size",
             "Audio",
-            "Peak RSS after warm-up",
-            "Peak RSS",
+            "Peak RSS after import",
+            "after warm-up",
+            "after the request",
             "Growth over shortest (default block)",
             "Request",
             "Audio / wall time",
@@ -216,6 +217,7 @@ def _memory(runs: Sequence[dict[str, Any]]) -> str:
             [
                 _mib(run["block_size"]) + ("" if run["settings"] else " (default)"),
                 _audio(run["seconds"]),
+                _mib(run["import_peak_rss"]),
                 _mib(run["warm_peak_rss"]),
                 _mib(run["peak_rss"]),
                 _mib(run["peak_rss"] - baseline),
@@ -230,10 +232,9 @@ def _memory(runs: Sequence[dict[str, Any]]) -> str:
     return f"{table}\n\n![Peak RSS vs audio length]({MEMORY_PLOT})"
 
 
-def _memory_growth(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Peak RSS growth from the shortest to the longest audio at the app's default block size."""
-    default = _default_block(runs)
-    shortest, longest = _shortest(default), max(default, key=lambda run: run["seconds"])
+def memory_growth(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Peak RSS growth from the shortest to the longest audio, for runs with the same block size."""
+    shortest, longest = _shortest(runs), max(runs, key=lambda run: run["seconds"])
     return {
         "shortest": shortest["seconds"],
         "longest": longest["seconds"],
@@ -252,10 +253,10 @@ def _shortest(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _concurrency(runs: Sequence[dict[str, Any]], bursts: Sequence[dict[str, Any]]) -> str:
     floor = {burst["sessions"]: burst["burst_ms"] for burst in bursts}
-    bare = {run["sessions"]: _concurrency_summary(run)["added"] for run in runs if run["kind"] == "bare"}
+    bare = {run["sessions"]: concurrency_summary(run)["added"] for run in runs if run["kind"] == "bare"}
     rows = []
     for run in sorted(runs, key=lambda run: (run["sessions"], run["kind"])):
-        s = _concurrency_summary(run)
+        s = concurrency_summary(run)
         lag = run["loop_lag_ms"]
         reference = bare.get(run["sessions"]) if run["kind"] == "function" else None
         rows.append(
@@ -307,7 +308,7 @@ def _concurrency(runs: Sequence[dict[str, Any]], bursts: Sequence[dict[str, Any]
     return f"{table}\n\n{floors}\n\n![Added latency vs concurrency]({LATENCY_PLOT})"
 
 
-def _concurrency_summary(run: dict[str, Any]) -> dict[str, Any]:
+def concurrency_summary(run: dict[str, Any]) -> dict[str, Any]:
     audio_seconds = run["seconds"] / run["pace"]
     succeeded = len(run["e2e_ms"])
     total_audio = max(succeeded, 1) * run["seconds"]
@@ -373,7 +374,7 @@ def plot_latency(runs: Sequence[dict[str, Any]], path: Path) -> None:
     for kind, (color, label) in styles.items():
         chosen = sorted((run for run in runs if run["kind"] == kind), key=lambda run: run["sessions"])
         sessions = [run["sessions"] for run in chosen]
-        stats = [_concurrency_summary(run)["added"] for run in chosen]
+        stats = [concurrency_summary(run)["added"] for run in chosen]
         axes.plot(sessions, [s["median"] for s in stats], "o-", color=color, label=f"{label} p50")
         axes.plot(sessions, [s["p99"] for s in stats], "s--", color=color, label=f"{label} p99")
     axes.axhline(P99_TARGET_MS, color="black", linestyle=":", label=f"p99 target {P99_TARGET_MS:g} ms")

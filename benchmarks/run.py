@@ -134,7 +134,7 @@ def measure_all(workers: Workers, stack: Stack, plan: Plan) -> dict[str, Any]:
     results["storage_burst"] = [_step(workers, "storage_burst", sessions=n, rounds=4) for n in plan.sessions]
     pids = {"emulator": stack.emulator.pid, "azurite": stack.azurite.pid, "identity": stack.identity.pid}
     results["concurrency"] = [
-        _concurrency(
+        concurrency_run(
             workers, stack, sessions=n, seconds=plan.session_seconds, pace=plan.pace, kind=kind, pids=pids
         )
         for n in plan.sessions
@@ -143,11 +143,13 @@ def measure_all(workers: Workers, stack: Stack, plan: Plan) -> dict[str, Any]:
     return results
 
 
-def _concurrency(workers: Workers, stack: Stack, **params: Any) -> dict[str, Any]:
+def concurrency_run(
+    workers: Workers, stack: Stack, settings: Mapping[str, str] = {}, **params: Any
+) -> dict[str, Any]:
     """A concurrency run, with the number of tokens the identity endpoint issued meanwhile."""
     time.sleep(SETTLE_SECONDS)
     issued_before = stack.identity_stats()["issued_total"]
-    run = _step(workers, "concurrency", **params)
+    run = _step(workers, "concurrency", settings, **params)
     return {**run, "tokens_issued": stack.identity_stats()["issued_total"] - issued_before}
 
 
@@ -189,10 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, start_stack(Path(tmp)) as stack:
         if args.app_ref:
-            app_root, label = (
-                export_app(args.app_ref, Path(tmp) / "app"),
-                environment.ref_label(args.app_ref, APP_PATHS),
-            )
+            app_root = export_app(args.app_ref, Path(tmp) / "app")
+            label = environment.ref_label(args.app_ref, APP_PATHS)
         else:
             app_root = args.app_root.resolve()
             label = environment.checkout_label(app_root, APP_PATHS)

@@ -1,0 +1,148 @@
+"""Compare versions of the app in one run, e.g. before and after a change to the service:
+
+    python -m benchmarks.compare base=HEAD fix=/tmp/app blocks-1MiB=HEAD,AUDIO_BLOCK_SIZE_BYTES=1048576
+
+Each version is NAME=SOURCE[,SETTING=VALUE...]: SOURCE is a directory holding `function_app.py` and
+`realtime_speech/` (a scratch copy with a proposed change) or a git ref of this checkout, and the
+settings are extra app settings for it. Every round measures each version in turn on the same
+stand-ins, so the drift of a noisy machine hits all of them alike. Prints a Markdown table: the
+median over the rounds, with the lowest and highest round in brackets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devtools.stack import Stack, start_stack
+
+from . import report
+from .run import Workers, concurrency_run, export_app
+from .stats import percentile
+
+SHORT_SECONDS = 10.0
+LONG_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    source: str
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        name, _, rest = text.partition("=")
+        source, *pairs = rest.split(",")
+        if not name or not source or any("=" not in pair for pair in pairs):
+            raise argparse.ArgumentTypeError(f"expected NAME=SOURCE[,SETTING=VALUE...], got {text!r}")
+        return cls(name, source, dict(pair.split("=", 1) for pair in pairs))
+
+    def app_root(self, work_dir: Path) -> Path:
+        directory = Path(self.source)
+        return directory.resolve() if directory.is_dir() else export_app(self.source, work_dir / self.name)
+
+
+# Each metric: (column title, unit, how to read it from one round's results).
+Metric = tuple[str, str, Callable[[dict[str, Any]], float]]
+METRICS: tuple[Metric, ...] = (
+    (
+        "Added median, 10 s at full speed",
+        "ms",
+        lambda r: report.latency_summary(r["latency"])["added"]["median"],
+    ),
+    ("Tail after response.done", "ms", lambda r: report.latency_summary(r["latency"])["tail_signed"]),
+    (
+        "Peak RSS growth 10 s -> 10 min",
+        "MiB",
+        lambda r: report.memory_growth(r["memory"])["growth"] / report.MIB,
+    ),
+    (
+        "N sessions: added p50",
+        "ms",
+        lambda r: report.concurrency_summary(r["concurrency"])["added"]["median"],
+    ),
+    ("N sessions: added p99", "ms", lambda r: report.concurrency_summary(r["concurrency"])["added"]["p99"]),
+    ("N sessions: tail p50", "ms", lambda r: report.concurrency_summary(r["concurrency"])["tail"]["median"]),
+    (
+        "N sessions: worker CPU / audio s",
+        "ms",
+        lambda r: report.concurrency_summary(r["concurrency"])["cpu_per_audio_second"] * 1000,
+    ),
+    (
+        "N sessions: Azurite CPU / audio s",
+        "ms",
+        lambda r: report.concurrency_summary(r["concurrency"])["stand_in_cpu"]["azurite"] * 1000,
+    ),
+    ("N sessions: loop lag max, streaming", "ms", lambda r: r["concurrency"]["loop_lag_ms"]["streaming"]),
+)
+
+
+def measure_round(
+    workers: Workers, stack: Stack, version: Version, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One round for one version: latency, memory at two audio lengths, one concurrency burst."""
+    settings = version.settings
+    pids = {"emulator": stack.emulator.pid, "azurite": stack.azurite.pid}
+    return {
+        "latency": workers.run("latency", settings, seconds=SHORT_SECONDS, pairs=args.pairs),
+        "memory": [
+            workers.run("memory", settings, seconds=seconds) for seconds in (SHORT_SECONDS, LONG_SECONDS)
+        ],
+        "concurrency": concurrency_run(
+            workers,
+            stack,
+            settings,
+            sessions=args.sessions,
+            seconds=SHORT_SECONDS,
+            pace=1.0,
+            kind="function",
+            pids=pids,
+        ),
+    }
+
+
+def table(rounds: dict[str, list[dict[str, Any]]], sessions: int) -> str:
+    header = ["Version", *(title.replace("N sessions", f"{sessions} sessions") for title, _, _ in METRICS)]
+    rows = [
+        [name, *(_spread([read(r) for r in results], unit) for _, unit, read in METRICS)]
+        for name, results in rounds.items()
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _spread(values: Sequence[float], unit: str) -> str:
+    middle = f"{percentile(values, 50):.1f} {unit}"
+    return middle if len(values) == 1 else f"{middle} ({min(values):.1f}-{max(values):.1f})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("versions", nargs="+", type=Version.parse, metavar="NAME=SOURCE[,SETTING=VALUE...]")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=20, help="function/bare pairs per latency run")
+    parser.add_argument("--sessions", type=int, default=200, help="simultaneous sessions, paced at real time")
+    args = parser.parse_args(argv)
+
+    rounds: dict[str, list[dict[str, Any]]] = {version.name: [] for version in args.versions}
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp, start_stack(Path(tmp)) as stack:
+        workers = {
+            version.name: Workers(stack, version.app_root(Path(tmp)), Path(tmp) / "workers" / version.name)
+            for version in args.versions
+        }
+        for number in range(1, args.rounds + 1):
+            for version in args.versions:
+                print(f"round {number}: {version.name}", flush=True)
+                rounds[version.name].append(measure_round(workers[version.name], stack, version, args))
+    print(table(rounds, args.sessions))
+
+
+if __name__ == "__main__":
+    main()
