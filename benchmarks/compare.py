@@ -117,8 +117,13 @@ def table(rounds: dict[str, list[dict[str, Any]]], sessions: int) -> str:
 
 
 def _spread(values: Sequence[float], unit: str) -> str:
-    middle = f"{percentile(values, 50):.1f} {unit}"
-    return middle if len(values) == 1 else f"{middle} ({min(values):.1f}-{max(values):.1f})"
+    """The median, and the range over the rounds; milliseconds from 1000 on as seconds."""
+    middle = percentile(values, 50)
+    scale, unit, digits = (1000, "s", 2) if unit == "ms" and middle >= 1000 else (1, unit, 1)
+    text = f"{middle / scale:.{digits}f} {unit}"
+    if len(values) == 1:
+        return text
+    return f"{text} ({min(values) / scale:.{digits}f}-{max(values) / scale:.{digits}f})"
 
 
 def main(argv: list[str] | None = None) -> None:

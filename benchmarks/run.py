@@ -48,7 +48,7 @@ class Plan:
     memory_seconds: tuple[float, ...] = (10.0, 60.0, 300.0, 600.0)
     block_sizes: tuple[int | None, ...] = (None, 1 * MIB, 16 * MIB)
     """AUDIO_BLOCK_SIZE_BYTES of the memory runs; None keeps the app's default."""
-    sessions: tuple[int, ...] = (50, 100, 200)
+    sessions: tuple[int, ...] = (1, 50, 100, 200)
     session_seconds: float = 10.0
     pace: float = 1.0
     cold_starts: int = 5
