@@ -190,8 +190,9 @@ class BlobProbe:
 
 class LoopLag:
     """How late the event loop wakes a 5 ms sleeper: time spent on work that blocks every other task,
-    the WebSocket readers included. Use as `async with LoopLag() as lag:`; `samples` holds
-    (seconds since entering, lag in ms)."""
+    the WebSocket readers included. Use as `async with LoopLag() as lag:`; `samples` holds (when the
+    sleeper was due, in seconds since entering; how late it woke, in ms), so a stall counts for the
+    moment it began."""
 
     INTERVAL = 0.005
 
@@ -218,5 +219,4 @@ class LoopLag:
         while True:
             due = loop.time() + self.INTERVAL
             await asyncio.sleep(self.INTERVAL)
-            now = loop.time()
-            self.samples.append((now - entered, (now - due) * 1000))
+            self.samples.append((due - entered, (loop.time() - due) * 1000))

@@ -106,9 +106,12 @@ def _targets(results: dict[str, Any]) -> str:
 def _target_row(
     name: str, measured: float, limit: float, unit: str, *, higher_is_better: bool = False
 ) -> list[str]:
+    def show(value: float) -> str:
+        return _ms(value) if unit == "ms" else f"{value:.1f} {unit}"
+
     met = measured >= limit if higher_is_better else measured <= limit
-    verdict = "met" if met else f"missed by {abs(measured - limit):.1f} {unit} ({measured / limit:.1f}x)"
-    return [name, f"{measured:.1f} {unit}", f"{limit:.1f} {unit}", verdict]
+    verdict = "met" if met else f"missed by {show(abs(measured - limit))} ({measured / limit:.1f}x)"
+    return [name, show(measured), show(limit), verdict]
 
 
 def _latency(runs: Sequence[dict[str, Any]]) -> str:
