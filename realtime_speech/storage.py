@@ -31,6 +31,8 @@ from .errors import IdentityUnavailable, ServiceError, StorageUnavailable
 from .wav import PCM16_24KHZ_MONO, PcmFormat, wav_header
 
 HEADER_BLOCK_ID = f"{0:08d}"
+# The smallest block staged while audio streams: at real-time pace (48 kB/s) about one per second.
+MIN_BLOCK_BYTES = 64 * 1024
 CLOCK_SKEW = timedelta(minutes=5)
 KEY_RENEWAL_MARGIN = timedelta(hours=1)
 MAX_KEY_LIFETIME = timedelta(days=7)
@@ -185,11 +187,13 @@ class AudioStore:
 
 
 class AudioBlobWriter:
-    """Streams PCM into a WAV block blob with memory bounded by two blocks.
+    """Streams PCM into a WAV block blob so that little is left to upload when the audio ends.
 
-    `write` fills a buffer; each full block is staged in the background while the next fills. If the
-    previous block is still uploading when the next is full, `write` waits for it: back-pressure
-    instead of unbounded buffering.
+    Blocks are staged in the background, one at a time while audio streams: whenever the uploader is
+    free and at least `MIN_BLOCK_BYTES` have arrived, what has arrived becomes the next block. At
+    real-time pace the blocks stay small and almost all audio is staged by the time it ends; at full
+    speed they grow up to the block size. A full block waits for the one in flight (back-pressure), so
+    memory is bounded by about two blocks whatever the audio's length.
     """
 
     def __init__(
@@ -198,7 +202,8 @@ class AudioBlobWriter:
         self._blob = blob
         self._block_size = block_size
         self._container_ready = container_ready
-        self._buffer = bytearray()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._block_ids: list[str] = []
         self._data_bytes = 0
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -208,20 +213,17 @@ class AudioBlobWriter:
     def data_bytes(self) -> int:
         return self._data_bytes
 
-    @property
-    def blocks(self) -> int:
-        return len(self._block_ids)
-
     async def write(self, chunk: bytes) -> None:
         if self._finished is not None:
             raise RuntimeError("audio written after its end")
-        self._buffer += chunk
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
         self._data_bytes += len(chunk)
-        while len(self._buffer) >= self._block_size:
-            block = bytes(self._buffer[: self._block_size])
-            del self._buffer[: self._block_size]
+        if self._buffered >= self._block_size:
             await self._drain()
-            self._stage_in_background(block)
+        elif self._in_flight or self._buffered < MIN_BLOCK_BYTES:
+            return
+        self._stage_in_background(self._take_buffered())
 
     def finish(self) -> None:
         """The audio has ended: stage the tail and the header now, overlapping the last events."""
@@ -248,9 +250,8 @@ class AudioBlobWriter:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _stage_tail_and_header(self) -> None:
-        if self._buffer:
-            self._stage_in_background(bytes(self._buffer))
-            self._buffer.clear()
+        if self._buffered:
+            self._stage_in_background(self._take_buffered())
         self._stage_in_background(wav_header(self._data_bytes), HEADER_BLOCK_ID)
         await self._drain()
 
@@ -260,7 +261,18 @@ class AudioBlobWriter:
             self._block_ids.append(block_id)
         task = asyncio.ensure_future(self._stage(block_id, data))
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._forget_if_staged)
+
+    def _forget_if_staged(self, task: asyncio.Task[Any]) -> None:
+        """A staged block is done with; a failed one stays until `_drain` raises its error."""
+        if not task.cancelled() and task.exception() is None:
+            self._in_flight.discard(task)
+
+    def _take_buffered(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return data
 
     async def _stage(self, block_id: str, data: bytes) -> None:
         async with storage_errors("write the audio"):

@@ -532,11 +532,23 @@ async def test_api_key_header_with_the_wrong_key_is_refused(emulator: Emulator) 
     assert "subscription key" in json.loads(caught.value.response.body)["error"]["message"]
 
 
-def test_credentials_never_reach_the_log(emulator: Emulator) -> None:
+async def test_credentials_never_reach_the_log(emulator: Emulator, keys: Keys) -> None:
+    token = make_token(keys.signing)
+
+    async def token_provider() -> str:
+        return token
+
+    session_ids = []
+    for client in (emulator.client(), emulator.client(api_key=token_provider)):
+        async with connected(emulator, client=client) as (connection, created):
+            await ask(connection, "Keep my secrets.")
+        session_ids.append(created["session"]["id"])
+    for session_id in session_ids:
+        await ended_record(emulator, session_id)  # logged as it ends
     log = emulator.log_path.read_text()
-    assert "session" in log
+    assert all(f"session {session_id} ended" in log for session_id in session_ids)
     assert API_KEY not in log
-    assert "eyJ" not in log
+    assert token not in log and "eyJ" not in log
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,12 +15,14 @@ import aiohttp
 import pytest
 
 from realtime_speech.models import MAX_BODY_BYTES
+from realtime_speech.storage import MIN_BLOCK_BYTES
 
 from .speech_client import SpeechClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 WAV_HEADER = 44
+MIB = 1024 * 1024
 
 
 def unique_text(prefix: str = "Tell me about") -> str:
@@ -147,13 +149,26 @@ async def test_long_audio_is_spread_over_several_blocks(speech: SpeechClient) ->
     assert status == 200, body
     session = await speech.emulator_session(text)
     assert session["audio_bytes"] == 240 * 48000
-    blocks = await speech.committed_blocks(body["blob_name"])
-    assert len(blocks) == 1 + 3  # header + ceil(11.52 MB / 4 MiB) data blocks
-    assert blocks[0] == 44
+    header, *data_blocks = await speech.committed_blocks(body["blob_name"])
+    assert header == 44 and sum(data_blocks) == session["audio_bytes"]
+    assert len(data_blocks) >= 3  # 11.52 MB in blocks of at most 4 MiB (plus one audio chunk)
+    assert max(data_blocks) <= 4 * MIB + 256 * 1024
+    assert min(data_blocks[:-1]) >= MIN_BLOCK_BYTES
     wav = await speech.download(body["audio_url"])
     _, pcm = parse_wav(wav)
     assert hashlib.sha256(pcm).hexdigest() == session["audio_sha256"]
     assert body["audio"]["duration_seconds"] == 240.0
+
+
+async def test_audio_streamed_in_real_time_is_staged_while_it_streams(speech: SpeechClient) -> None:
+    text = unique_text("[[emulator:slow pace=4 seconds=8]] Take your time with")
+    status, body, _ = await speech.post({"text": text})
+    assert status == 200, body
+    _, *data_blocks = await speech.committed_blocks(body["blob_name"])
+    assert sum(data_blocks) == 8 * 48000
+    # Small blocks staged as audio arrived: what is left for the end is a small tail, not the whole WAV.
+    assert len(data_blocks) >= 4
+    assert data_blocks[-1] < 2 * MIN_BLOCK_BYTES
 
 
 async def test_concurrent_requests_each_get_their_own_answer(speech: SpeechClient) -> None:
