@@ -150,9 +150,9 @@ def _latency(runs: Sequence[dict[str, Any]]) -> str:
             "Tail -> signed",
             "Bare commit",
             "1.5 x commit + 2 ms",
-            "Bare stage tail+header",
+            "Bare stage remainder+header",
             "Bare record upload",
-            "Bare Put Blob (header+last block)",
+            "Bare Put Blob (header+remainder)",
         ],
         [
             [
