@@ -84,7 +84,7 @@ param audioUrlTtlMinutes int = 60
 @description('Size of the blocks the audio is staged in, in bytes (AUDIO_BLOCK_SIZE_BYTES); bounds memory per request.')
 @minValue(65536)
 @maxValue(104857600)
-param audioBlockSizeBytes int = 4194304
+param audioBlockSizeBytes int = 1048576
 
 @description('Replication of the audio storage account.')
 @allowed([

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     audio_storage_account_url: AnyHttpUrl
     audio_container: str = Field("audio", pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
     audio_url_ttl_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
-    audio_block_size_bytes: int = Field(4 * MIB, ge=64 * 1024, le=100 * MIB)
+    audio_block_size_bytes: int = Field(1 * MIB, ge=64 * 1024, le=100 * MIB)
     realtime_timeout_seconds: float = Field(120.0, gt=0, le=600)
     realtime_instructions: str = Field(DEFAULT_INSTRUCTIONS, min_length=1)
     realtime_voice: Voice = "alloy"

@@ -43,7 +43,7 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
 
     The SDK's default retry waits about 15, 18 and 24 s between attempts, so an outage would use up
     the request's deadline (a 504) instead of answering 503 in a few seconds. Here: two retries about
-    a second apart (full jitter), 5 s to connect, 30 s for a response (a 4 MiB block included).
+    a second apart (full jitter), 5 s to connect, 30 s for a response (a whole block included).
     """
     return BlobServiceClient(
         account_url,
@@ -187,13 +187,15 @@ class AudioStore:
 
 
 class AudioBlobWriter:
-    """Streams PCM into a WAV block blob so that little is left to upload when the audio ends.
+    """Streams PCM into a WAV blob so that little is left to upload when the audio ends.
 
-    Blocks are staged in the background, one at a time while audio streams: whenever the uploader is
-    free and at least `MIN_BLOCK_BYTES` have arrived, what has arrived becomes the next block. At
-    real-time pace the blocks stay small and almost all audio is staged by the time it ends; at full
-    speed they grow up to the block size. A full block waits for the one in flight (back-pressure), so
-    memory is bounded by about two blocks whatever the audio's length.
+    Audio shorter than one block is never staged: `commit` writes the whole WAV with one Put Blob,
+    one request instead of three (stage the audio, stage the header, commit). Once the audio has
+    filled a block, blocks are staged in the background, one at a time: whenever the uploader is free
+    and at least `MIN_BLOCK_BYTES` have arrived, what has arrived becomes the next block. At real-time
+    pace those blocks stay small and almost all audio is staged by the time it ends; at full speed
+    they grow up to the block size. A full block waits for the one in flight (back-pressure), so
+    memory is bounded by a few blocks whatever the audio's length.
     """
 
     def __init__(
@@ -208,39 +210,49 @@ class AudioBlobWriter:
         self._data_bytes = 0
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._finished: asyncio.Task[Any] | None = None
+        self._ended = False
 
     @property
     def data_bytes(self) -> int:
         return self._data_bytes
 
     async def write(self, chunk: bytes) -> None:
-        if self._finished is not None:
+        if self._ended:
             raise RuntimeError("audio written after its end")
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         self._data_bytes += len(chunk)
         if self._buffered >= self._block_size:
             await self._drain()
-        elif self._in_flight or self._buffered < MIN_BLOCK_BYTES:
+        elif not self._block_ids or self._in_flight or self._buffered < MIN_BLOCK_BYTES:
             return
         self._stage_in_background(self._take_buffered())
 
     def finish(self) -> None:
-        """The audio has ended: stage the tail and the header now, overlapping the last events."""
-        if self._finished is None:
-            self._finished = asyncio.ensure_future(self._stage_tail_and_header())
+        """The audio has ended: once blocks were staged, stage the tail and the header now,
+        overlapping the last events; shorter audio stays in memory for the Put Blob of `commit`."""
+        if not self._ended:
+            self._ended = True
+            if self._block_ids:
+                self._finished = asyncio.ensure_future(self._stage_tail_and_header())
 
     async def commit(self, pcm: PcmFormat = PCM16_24KHZ_MONO) -> int:
-        """Make the WAV visible in one `Put Block List`; returns the size of the whole file."""
+        """Make the WAV visible in one request: `Put Block List`, or `Put Blob` of the whole file when
+        no block was staged. Returns the size of the whole file."""
         self.finish()
-        assert self._finished is not None
+        header = wav_header(self._data_bytes, pcm)
+        audio_wav = ContentSettings(content_type="audio/wav")
         async with storage_errors("write the audio"):
-            await self._finished
-            await self._blob.commit_block_list(
-                [HEADER_BLOCK_ID, *self._block_ids],
-                content_settings=ContentSettings(content_type="audio/wav"),
-            )
-        return len(wav_header(self._data_bytes, pcm)) + self._data_bytes
+            if self._finished is None:
+                await self._container_ready()
+                wav = self._take_buffered(header)
+                await self._blob.upload_blob(wav, overwrite=True, content_settings=audio_wav)
+            else:
+                await self._finished
+                await self._blob.commit_block_list(
+                    [HEADER_BLOCK_ID, *self._block_ids], content_settings=audio_wav
+                )
+        return len(header) + self._data_bytes
 
     async def abort(self) -> None:
         """Stop uploading; nothing is committed, so the blob never appears."""
@@ -268,8 +280,9 @@ class AudioBlobWriter:
         if not task.cancelled() and task.exception() is None:
             self._in_flight.discard(task)
 
-    def _take_buffered(self) -> bytes:
-        data = b"".join(self._chunks)
+    def _take_buffered(self, head: bytes = b"") -> bytes:
+        """`head` and the buffered audio as one bytes object; the chunks are let go."""
+        data = b"".join([head, *self._chunks])
         self._chunks.clear()
         self._buffered = 0
         return data

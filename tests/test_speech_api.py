@@ -151,8 +151,8 @@ async def test_long_audio_is_spread_over_several_blocks(speech: SpeechClient) ->
     assert session["audio_bytes"] == 240 * 48000
     header, *data_blocks = await speech.committed_blocks(body["blob_name"])
     assert header == 44 and sum(data_blocks) == session["audio_bytes"]
-    assert len(data_blocks) >= 3  # 11.52 MB in blocks of at most 4 MiB (plus one audio chunk)
-    assert max(data_blocks) <= 4 * MIB + 256 * 1024
+    assert len(data_blocks) >= 11  # 11.52 MB in blocks of at most 1 MiB (plus one audio chunk)
+    assert max(data_blocks) <= MIB + 256 * 1024
     assert min(data_blocks[:-1]) >= MIN_BLOCK_BYTES
     wav = await speech.download(body["audio_url"])
     _, pcm = parse_wav(wav)
@@ -161,14 +161,23 @@ async def test_long_audio_is_spread_over_several_blocks(speech: SpeechClient) ->
 
 
 async def test_audio_streamed_in_real_time_is_staged_while_it_streams(speech: SpeechClient) -> None:
-    text = unique_text("[[emulator:slow pace=4 seconds=8]] Take your time with")
+    text = unique_text("[[emulator:slow pace=20 seconds=40]] Take your time with")
     status, body, _ = await speech.post({"text": text})
     assert status == 200, body
     _, *data_blocks = await speech.committed_blocks(body["blob_name"])
-    assert sum(data_blocks) == 8 * 48000
-    # Small blocks staged as audio arrived: what is left for the end is a small tail, not the whole WAV.
-    assert len(data_blocks) >= 4
+    assert sum(data_blocks) == 40 * 48000
+    # After the first full block, small blocks go out as audio arrives: only a small tail is left
+    # for the end, not the rest of the WAV.
+    assert data_blocks[0] >= MIB
+    assert len(data_blocks) >= 5
     assert data_blocks[-1] < 2 * MIN_BLOCK_BYTES
+
+
+async def test_a_short_answer_is_written_with_one_request(speech: SpeechClient) -> None:
+    status, body, _ = await speech.post({"text": unique_text()})
+    assert status == 200, body
+    assert body["audio"]["bytes"] < MIB
+    assert await speech.committed_blocks(body["blob_name"]) == []  # one Put Blob, no staged blocks
 
 
 async def test_concurrent_requests_each_get_their_own_answer(speech: SpeechClient) -> None:
