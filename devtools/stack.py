@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 from devtools import azurite
 from devtools.certs import DevCerts, ensure_dev_certs
@@ -578,25 +578,10 @@ class Stack:
         return service
 
 
-def start_stack(
-    state_dir: Path | None = None,
-    *,
-    emulator_args: Sequence[str] = (),
-    with_emulator: bool = True,
-    emulator_tls: bool = False,
-    azurite_in_memory: bool = False,
-    token_lifetime: int = 3600,
-) -> Stack:
-    """Start a `Stack` (usable as a context manager); state under `state_dir` (default `.devstate/`)."""
-    stack = Stack(
-        state_dir,
-        emulator_args=emulator_args,
-        with_emulator=with_emulator,
-        emulator_tls=emulator_tls,
-        azurite_in_memory=azurite_in_memory,
-        token_lifetime=token_lifetime,
-    )
-    return stack.start()
+def start_stack(state_dir: Path | None = None, **options: Any) -> Stack:
+    """Start a `Stack` (usable as a context manager); state under `state_dir` (default `.devstate/`),
+    `options` as for `Stack`."""
+    return Stack(state_dir, **options).start()
 
 
 def is_ambient_setting(name: str) -> bool:
