@@ -79,14 +79,6 @@ def ref_label(ref: str, app_paths: Sequence[str]) -> str:
     return _output(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h", ref, "--", *app_paths])
 
 
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-
-
 def _output(argv: list[str]) -> str:
     try:
         return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
