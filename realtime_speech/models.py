@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from .settings import Voice
+Voice = Literal["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"]
+VOICES: tuple[str, ...] = Voice.__args__
 
 MAX_TEXT_CHARS = 4_000
 MAX_INSTRUCTIONS_CHARS = 4_000
@@ -40,13 +41,16 @@ class SpeechRequest(BaseModel):
 
 
 class AudioFacts(BaseModel):
-    format: str = "wav"
-    encoding: str = "pcm_s16le"
+    """What was written: the stored file's format and size."""
+
+    format: str = Field(description="wav, wav-mulaw, wav-alaw or mp3")
+    encoding: str = Field(description="pcm_s16le, mulaw, alaw or mp3")
     sample_rate: int
     channels: int
-    bits_per_sample: int
+    bits_per_sample: int | None = Field(description="Bits per sample; None for mp3.")
+    bitrate_kbps: int | None = Field(None, description="mp3 only.")
     duration_seconds: float
-    bytes: int = Field(description="Size of the whole WAV file, header included.")
+    bytes: int = Field(description="Size of the whole file, header included.")
 
 
 class SpeechResult(BaseModel):

@@ -293,6 +293,8 @@ def _describe(error: BaseException) -> str:
 def _audio_facts(data_bytes: int) -> AudioFacts:
     pcm = PCM16_24KHZ_MONO
     return AudioFacts(
+        format="wav",
+        encoding="pcm_s16le",
         sample_rate=pcm.sample_rate,
         channels=pcm.channels,
         bits_per_sample=pcm.bits_per_sample,

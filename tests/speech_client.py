@@ -15,7 +15,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
-from devtools.stack import ServiceProcess
+from devtools.process import ServiceProcess
 
 Response = tuple[int, Any, "aiohttp.typedefs.LooseHeaders"]
 

@@ -20,8 +20,13 @@ from hypothesis import strategies as st
 
 from realtime_speech.errors import ServiceError
 from realtime_speech.http import parse_speech_request, problem_response
-from realtime_speech.models import MAX_BODY_BYTES, MAX_INSTRUCTIONS_CHARS, MAX_TEXT_CHARS, SpeechRequest
-from realtime_speech.settings import VOICES
+from realtime_speech.models import (
+    MAX_BODY_BYTES,
+    MAX_INSTRUCTIONS_CHARS,
+    MAX_TEXT_CHARS,
+    VOICES,
+    SpeechRequest,
+)
 
 from .speech_client import SpeechClient, assert_problem
 from .test_speech_api import unique_text

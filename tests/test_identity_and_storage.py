@@ -29,7 +29,8 @@ from azure.storage.blob import BlobBlock, BlobSasPermissions, generate_blob_sas
 from azure.storage.blob.aio import BlobClient, BlobServiceClient
 
 from devtools.azurite import ACCOUNT_NAME
-from devtools.stack import ServiceProcess, ServiceStartError, Stack, http_probe, tcp_probe
+from devtools.process import ServiceProcess, ServiceStartError, http_probe, tcp_probe
+from devtools.stack import Stack
 from tests.conftest import ClientEnv
 
 STORAGE = "https://storage.azure.com"

@@ -26,7 +26,8 @@ from pycep import BicepParser
 
 from devtools import check_infra
 from devtools.check_infra import INFRA_DIR, REPO_ROOT, BicepTree, module_body
-from realtime_speech.settings import VOICES, Settings, setting_names
+from realtime_speech.models import VOICES
+from realtime_speech.settings import Settings, setting_names
 
 Trees = dict[str, BicepTree]  # key: path relative to infra/, e.g. "modules/roles.bicep"
 

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from devtools.stack import Stack, free_port
+from devtools.process import free_port
+from devtools.stack import Stack
 
 from .conftest import SpeechHost
 from .speech_client import Response, SpeechClient, assert_problem

@@ -17,9 +17,9 @@ from realtime_speech.errors import (
     UpstreamRateLimited,
 )
 from realtime_speech.http import parse_speech_request, problem_response
-from realtime_speech.models import MAX_BODY_BYTES, MAX_TEXT_CHARS
+from realtime_speech.models import MAX_BODY_BYTES, MAX_TEXT_CHARS, VOICES
 from realtime_speech.realtime import VoiceRequest, session_config
-from realtime_speech.settings import VOICES, Settings, SettingsError, get_settings, setting_names
+from realtime_speech.settings import Settings, SettingsError, get_settings, setting_names
 from realtime_speech.wav import WAV_HEADER_BYTES, PcmFormat, wav_header
 
 
