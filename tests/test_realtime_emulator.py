@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import json
-import queue
+import math
+import os
 import secrets
-import signal
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -27,20 +27,21 @@ from typing import Any
 
 import aiohttp
 import jwt
+import numpy as np
 import pydantic
 import pytest
-import trustme
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+import soundfile
+import soxr
 from openai import AsyncOpenAI, Omit
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from openai.types.realtime import RealtimeServerEvent
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from devtools.realtime_emulator import SAMPLE_RATE, synthesize
+from devtools.certs import ensure_dev_certs
+from devtools.process import PORT_PLACEHOLDER, REPO_ROOT, ServiceProcess, free_port, http_probe
+from devtools.realtime_emulator import SAMPLE_RATE, encode_audio, hear, heard_text, synthesize
 from devtools.realtime_emulator.speech import espeak_available
 
-REPO = Path(__file__).resolve().parents[1]
 API_KEY = "emulator-test-key-" + secrets.token_hex(8)
 AUDIENCE = "https://cognitiveservices.azure.com"
 TENANT = "72f988bf-0000-4000-8000-000000000001"
@@ -50,6 +51,8 @@ MODEL = "gpt-realtime"
 QUESTION = "Please assist the user with a short answer."
 SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
 SERVICE_FIELDS_UNKNOWN_TO_SDK = {"session.id", "session.object", "session.expires_at"}
+STARTUP_QUOTA = {"max_sessions": 50, "requests_per_minute": 1000}
+"""The emulator's quota from its command line: high enough never to refuse the other tests."""
 QUICKSTART_SESSION: dict[str, Any] = {
     "type": "realtime",
     "instructions": "You are a helpful assistant. You respond by voice and text.",
@@ -78,21 +81,27 @@ QUICKSTART_SESSION: dict[str, Any] = {
 @dataclass(frozen=True)
 class Keys:
     signing: bytes
-    public_path: Path
     foreign: bytes
     """A key the emulator does not trust, for forged tokens."""
 
 
 @dataclass(frozen=True)
 class Emulator:
-    port: int
+    service: ServiceProcess
     tls_port: int
-    log_path: Path
-    ca: trustme.CA
+    ca_file: Path
+
+    @property
+    def port(self) -> int:
+        return self.service.port
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.service.url
+
+    @property
+    def log_path(self) -> Path:
+        return self.service.log_path
 
     def client(self, api_key: Any = API_KEY, *, tls: bool = False) -> AsyncOpenAI:
         base = f"wss://127.0.0.1:{self.tls_port}" if tls else f"ws://127.0.0.1:{self.port}"
@@ -101,64 +110,54 @@ class Emulator:
         )
 
     def tls_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
-
-
-def _private_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_path = tmp_path_factory.mktemp("keys") / "token-signing.pub.pem"
-    public_path.write_bytes(
-        signing.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return Keys(_private_pem(signing), public_path, _private_pem(foreign))
-
-
-def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.put(line)
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("emulator-state")
 
 
 @pytest.fixture(scope="module")
-def emulator(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    folder = tmp_path_factory.mktemp("emulator")
-    ca = trustme.CA()
-    server_cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = folder / "server.pem", folder / "server.key"
-    server_cert.cert_chain_pems[0].write_to_path(cert_path)
-    server_cert.private_key_pem.write_to_path(key_path)
-    log_path = folder / "emulator.log"
+def keys(state_dir: Path) -> Keys:
+    trusted = ensure_dev_certs(state_dir / "trusted")
+    foreign = ensure_dev_certs(state_dir / "foreign")
+    return Keys(trusted.token_signing_key.read_bytes(), foreign.token_signing_key.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def emulator(keys: Keys, state_dir: Path) -> Iterator[Emulator]:
+    certs = ensure_dev_certs(state_dir / "trusted")
+    tls_port = free_port()
     argv = [
-        *(sys.executable, "-m", "devtools.realtime_emulator", "--port", "0", "--host", "127.0.0.1"),
-        *("--api-key", API_KEY, "--token-public-key", str(keys.public_path)),
-        *("--tls-port", "0", "--tls-cert", str(cert_path), "--tls-key", str(key_path)),
+        *(
+            sys.executable,
+            "-m",
+            "devtools.realtime_emulator",
+            "--port",
+            PORT_PLACEHOLDER,
+            "--host",
+            "127.0.0.1",
+        ),
+        *(f"--api-key={API_KEY}", "--token-public-key", str(certs.token_signing_public_key)),
+        *(
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert",
+            str(certs.server_cert),
+            "--tls-key",
+            str(certs.server_key),
+        ),
+        *("--max-sessions", str(STARTUP_QUOTA["max_sessions"])),
+        *("--requests-per-minute", str(STARTUP_QUOTA["requests_per_minute"])),
     ]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
-    try:
-        ports = [int(lines.get(timeout=30).rsplit(":", 1)[1]) for _ in range(2)]
-        yield Emulator(ports[0], ports[1], log_path, ca)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, log_path.read_text()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    service = ServiceProcess(
+        "emulator", argv, probe=http_probe("/_emulator/health"), log_dir=state_dir, env=env
+    )
+    with service:
+        yield Emulator(service, tls_port, certs.ca_file)
+    assert "realtime emulator stopped" in service.log_tail(), service.log_tail()
 
 
 def make_token(private_pem: bytes, *, audience: str = AUDIENCE, expires_in: int = 3600) -> str:
@@ -570,9 +569,9 @@ async def test_credentials_never_reach_the_log(emulator: Emulator, keys: Keys) -
             "session.audio.input.format.type",
         ),
         (
-            {"audio": {"output": {"format": {"type": "audio/pcmu"}}}},
-            "unsupported_by_emulator",
-            "session.audio.output.format",
+            {"audio": {"output": {"format": {"type": "audio/pcmu", "rate": 8000}}}},
+            "unknown_parameter",
+            "session.audio.output.format.rate",
         ),
         ({"voice": "alloy"}, "unknown_parameter", "session.voice"),
         (
@@ -971,7 +970,7 @@ def test_espeak_speaks_the_transcript_as_24khz_pcm() -> None:
 def test_help_documents_the_scenarios() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "devtools.realtime_emulator", "--help"],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         check=True,
@@ -980,3 +979,593 @@ def test_help_documents_the_scenarios() -> None:
         assert name in result.stdout
     assert "[[emulator:NAME key=value ...]]" in result.stdout
     assert "/_emulator/handshake-faults" in result.stdout
+    for name in ("transcript_late", "transcript_never", "delay="):
+        assert name in result.stdout
+    for route in ("/_emulator/quota", "/_emulator/admissions", "/_emulator/sessions/ID/input_audio"):
+        assert route in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Spoken input: the input audio buffer, committed items, input transcription
+
+AUDIO_QUESTION = "What is the weather like in Lisbon today?"
+PUSH_TO_TALK: dict[str, Any] = {
+    "type": "realtime",
+    "audio": {"input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}},
+}
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+TRANSCRIPTION_DELTA = "conversation.item.input_audio_transcription.delta"
+APPEND_BYTES = 9600
+
+
+def first(events: list[dict[str, Any]], type_: str) -> dict[str, Any]:
+    return next(event for event in events if event["type"] == type_)
+
+
+async def configure(connection: AsyncRealtimeConnection, session: dict[str, Any]) -> dict[str, Any]:
+    """``session.update``; returns the updated session."""
+    await connection.session.update(session=session)  # type: ignore[arg-type]
+    updated = await receive(connection)
+    assert updated["type"] == "session.updated", updated
+    return updated["session"]
+
+
+async def append(connection: AsyncRealtimeConnection, audio: bytes) -> None:
+    for start in range(0, len(audio), APPEND_BYTES):
+        chunk = audio[start : start + APPEND_BYTES]
+        await connection.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
+
+
+async def speak(connection: AsyncRealtimeConnection, audio: bytes) -> None:
+    """Push-to-talk: append the audio in chunks, then commit it."""
+    await append(connection, audio)
+    await connection.input_audio_buffer.commit()
+
+
+async def input_audio_route(emulator: Emulator, session_id: str) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{emulator.http}/_emulator/sessions/{session_id}/input_audio") as response,
+    ):
+        return response.status, await response.read()
+
+
+def audio_tokens(byte_count: int, bytes_per_second: int) -> int:
+    """The documented rule: 20 audio tokens per second, one per started 50 ms."""
+    return math.ceil(byte_count * 20 / bytes_per_second)
+
+
+@pytest.mark.parametrize("model", ["whisper-1", "gpt-4o-transcribe"])
+async def test_committed_audio_becomes_a_transcribed_user_item_and_is_answered(
+    emulator: Emulator, model: str
+) -> None:
+    spoken = synthesize(AUDIO_QUESTION, "marin").pcm
+    session = {
+        **PUSH_TO_TALK,
+        "audio": {"input": {"turn_detection": None, "transcription": {"model": model}}},
+    }
+    async with connected(emulator) as (connection, created):
+        updated = await configure(connection, session)
+        await speak(connection, spoken)
+        turn = Turn()
+        await collect(connection, turn.events, is_type(COMPLETED))
+        await connection.response.create()
+        await collect(connection, turn.events, is_type("response.done"))
+    session_id = created["session"]["id"]
+
+    assert updated["audio"]["input"]["turn_detection"] is None
+    heard = turn.types[: turn.types.index("response.created")]
+    assert heard[:3] == ["input_audio_buffer.committed", "conversation.item.added", "conversation.item.done"]
+    assert set(heard[3:-1]) == {TRANSCRIPTION_DELTA} and heard[-1] == COMPLETED
+    committed = first(turn.events, "input_audio_buffer.committed")
+    assert committed["previous_item_id"] is None
+    item = first(turn.events, "conversation.item.added")["item"]
+    assert item["id"] == committed["item_id"]
+    assert (item["type"], item["role"], item["status"]) == ("message", "user", "completed")
+    assert item["content"] == [{"type": "input_audio", "transcript": None}]
+    deltas = [event for event in turn.events if event["type"] == TRANSCRIPTION_DELTA]
+    assert all((d["item_id"], d["content_index"]) == (item["id"], 0) for d in deltas)
+    assert "".join(delta["delta"] for delta in deltas) == AUDIO_QUESTION
+    completed = turn.last(COMPLETED)
+    assert (completed["item_id"], completed["content_index"]) == (item["id"], 0)
+    assert completed["transcript"] == AUDIO_QUESTION
+    audio_in_tokens = audio_tokens(len(spoken), SAMPLE_RATE * 2)
+    if model == "whisper-1":
+        assert completed["usage"] == {"type": "duration", "seconds": round(len(spoken) / SAMPLE_RATE / 2, 3)}
+    else:
+        text_out = math.ceil(len(AUDIO_QUESTION) / 4)
+        assert completed["usage"] == {
+            "type": "tokens",
+            "input_tokens": audio_in_tokens,
+            "output_tokens": text_out,
+            "total_tokens": audio_in_tokens + text_out,
+            "input_token_details": {"audio_tokens": audio_in_tokens, "text_tokens": 0},
+        }
+
+    assert turn.audio == synthesize(AUDIO_QUESTION, "alloy").pcm
+    assert turn.transcript_deltas == AUDIO_QUESTION
+    response = turn.last("response.done")["response"]
+    assert response["status"] == "completed"
+    assert response["usage"]["input_token_details"]["audio_tokens"] == audio_in_tokens
+
+    record = await session_record(emulator, session_id)
+    assert record["user_text"] == AUDIO_QUESTION
+    assert record["input_audio"] == [
+        {
+            "item_id": item["id"],
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "bytes": len(spoken),
+            "samples": len(spoken) // 2,
+            "seconds": len(spoken) / 48000,
+            "sha256": hashlib.sha256(spoken).hexdigest(),
+            "heard": AUDIO_QUESTION,
+            "transcript": AUDIO_QUESTION,
+        }
+    ]
+    assert record["client_event_types"].count("input_audio_buffer.append") == math.ceil(
+        len(spoken) / APPEND_BYTES
+    )
+    assert await input_audio_route(emulator, session_id) == (200, spoken)
+
+
+def through_16khz(pcm: bytes) -> bytes:
+    down = soxr.resample(np.frombuffer(pcm, dtype="<i2"), 24000, 16000)
+    return soxr.resample(down, 16000, 24000).astype("<i2").tobytes()
+
+
+def through_mp3(pcm: bytes) -> bytes:
+    encoded = io.BytesIO()
+    soundfile.write(encoded, np.frombuffer(pcm, dtype="<i2"), 24000, format="MP3")
+    samples, rate = soundfile.read(io.BytesIO(encoded.getvalue()), dtype="int16")
+    assert rate == 24000
+    return samples.astype("<i2").tobytes()
+
+
+ROUND_TRIPS: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "pcm 24 kHz": ("audio/pcm", lambda pcm: pcm),
+    "pcm through 16 kHz": ("audio/pcm", through_16khz),
+    "pcm through mp3": ("audio/pcm", through_mp3),
+    "g711 u-law": ("audio/pcmu", lambda pcm: encode_audio(pcm, "audio/pcmu")),
+    "g711 a-law": ("audio/pcma", lambda pcm: encode_audio(pcm, "audio/pcma")),
+}
+
+
+@pytest.mark.parametrize("path", list(ROUND_TRIPS))
+async def test_an_answer_sent_back_in_is_heard_as_its_text(emulator: Emulator, path: str) -> None:
+    text = "Turn left at the café, then go 200 m north!"
+    input_format, transform = ROUND_TRIPS[path]
+    audio = transform(synthesize(text, "ash", speed=1.25).pcm)
+    session = {**PUSH_TO_TALK, "audio": {**PUSH_TO_TALK["audio"]}}
+    session["audio"]["input"] = {**session["audio"]["input"], "format": {"type": input_format}}
+    async with connected(emulator) as (connection, created):
+        await configure(connection, session)
+        await speak(connection, audio)
+        turn = Turn()
+        await collect(connection, turn.events, is_type(COMPLETED))
+        await connection.response.create()
+        await collect(connection, turn.events, is_type("response.done"))
+    assert turn.last(COMPLETED)["transcript"] == text
+    assert turn.transcript_deltas == text
+    record = await session_record(emulator, created["session"]["id"])
+    entry = record["input_audio"][0]
+    assert entry["format"]["type"] == input_format
+    assert entry["samples"] == len(audio) // (2 if input_format == "audio/pcm" else 1)
+    assert entry["sha256"] == hashlib.sha256(audio).hexdigest()
+
+
+def noise(seconds: float) -> bytes:
+    samples = np.random.default_rng(7).normal(0, 3000, round(seconds * SAMPLE_RATE))
+    return samples.astype("<i2").tobytes()
+
+
+async def test_audio_that_is_not_the_emulators_tones_is_heard_by_its_duration(emulator: Emulator) -> None:
+    async with connected(emulator) as (connection, _):
+        await configure(connection, PUSH_TO_TALK)
+        await speak(connection, noise(1.5))
+        turn = Turn()
+        await collect(connection, turn.events, is_type(COMPLETED))
+        await connection.response.create()
+        await collect(connection, turn.events, is_type("response.done"))
+    assert turn.last(COMPLETED)["transcript"] == "Unrecognized audio of 1.5 seconds."
+    assert turn.transcript_deltas == "Unrecognized audio of 1.5 seconds."
+
+
+async def test_clear_empties_the_buffer(emulator: Emulator) -> None:
+    async with connected(emulator) as (connection, _):
+        await append(connection, synthesize("Never mind.").pcm)
+        await connection.input_audio_buffer.clear()
+        cleared = await receive(connection)
+        await connection.input_audio_buffer.commit()
+        error = await receive(connection)
+    assert cleared["type"] == "input_audio_buffer.cleared"
+    assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+
+
+@pytest.mark.parametrize(
+    ("events", "code", "param"),
+    [
+        ([{"type": "input_audio_buffer.append", "audio": "not base64!"}], "invalid_value", "audio"),
+        (
+            [
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(2400)).decode()},
+                {"type": "input_audio_buffer.commit"},
+            ],
+            "input_audio_buffer_commit_empty",
+            None,
+        ),
+        (
+            [
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(4801)).decode()},
+                {"type": "input_audio_buffer.commit"},
+            ],
+            "invalid_value",
+            None,
+        ),
+    ],
+    ids=["bad base64", "under 100 ms", "half a sample"],
+)
+async def test_bad_input_audio_gets_error_events(
+    emulator: Emulator, events: list[dict[str, Any]], code: str, param: str | None
+) -> None:
+    async with connected(emulator) as (connection, created):
+        for event in events:
+            await connection.send({**event, "event_id": "evt_audio"})  # type: ignore[arg-type]
+        error = await receive(connection)
+        with pytest.raises(TimeoutError):
+            await receive(connection, within=0.2)
+    assert error["type"] == "error"
+    assert (error["error"]["type"], error["error"]["code"], error["error"]["param"]) == (
+        "invalid_request_error",
+        code,
+        param,
+    )
+    assert error["error"]["event_id"] == "evt_audio" and error["error"]["message"]
+    record = await session_record(emulator, created["session"]["id"])
+    assert record["input_audio"] == []
+    assert (await input_audio_route(emulator, created["session"]["id"]))[0] == 404
+
+
+async def test_g711_input_is_recorded_byte_for_byte(emulator: Emulator) -> None:
+    audio = encode_audio(synthesize("Call me back.").pcm, "audio/pcmu")
+    session = {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}
+    async with connected(emulator) as (connection, created):
+        await configure(connection, session)
+        await speak(connection, audio)
+        events: list[dict[str, Any]] = []
+        await collect(connection, events, is_type("conversation.item.done"))
+        with pytest.raises(TimeoutError):
+            await receive(connection, within=0.3)  # no transcription configured, no response asked
+    record = await session_record(emulator, created["session"]["id"])
+    assert [event["type"] for event in events] == [
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    assert record["input_audio"][0] | {"item_id": None} == {
+        "item_id": None,
+        "format": {"type": "audio/pcmu"},
+        "bytes": len(audio),
+        "samples": len(audio),
+        "seconds": len(audio) / 8000,
+        "sha256": hashlib.sha256(audio).hexdigest(),
+        "heard": "Call me back.",
+        "transcript": None,
+    }
+    assert await input_audio_route(emulator, created["session"]["id"]) == (200, audio)
+
+
+async def test_transcript_late_sends_the_transcription_after_response_done(emulator: Emulator) -> None:
+    instructions = "Answer briefly. [[emulator:transcript_late delay=0.5]]"
+    async with connected(emulator) as (connection, created):
+        await configure(connection, {**PUSH_TO_TALK, "instructions": instructions})
+        await speak(connection, synthesize(AUDIO_QUESTION).pcm)
+        await connection.response.create()
+        turn = Turn()
+        await collect(connection, turn.events, is_type("response.done"))
+        done_at = time.monotonic()
+        await collect(connection, turn.events, is_type(COMPLETED))
+        late_by = time.monotonic() - done_at
+    done = turn.types.index("response.done")
+    assert TRANSCRIPTION_DELTA not in turn.types[:done] and COMPLETED not in turn.types[:done]
+    assert turn.last(COMPLETED)["transcript"] == AUDIO_QUESTION
+    assert 0.4 <= late_by < 3.0
+    assert turn.transcript_deltas == AUDIO_QUESTION, "the answer does not wait for the transcription"
+    record = await session_record(emulator, created["session"]["id"])
+    assert (record["scenario"], record["scenario_params"]) == ("transcript_late", {"delay": 0.5})
+    assert record["input_audio"][0]["transcript"] == AUDIO_QUESTION
+
+
+async def test_transcript_never_sends_no_transcription(emulator: Emulator) -> None:
+    async with connected(emulator, scenario="transcript_never") as (connection, created):
+        await configure(connection, PUSH_TO_TALK)
+        await speak(connection, synthesize(AUDIO_QUESTION).pcm)
+        await connection.response.create()
+        turn = Turn()
+        await collect(connection, turn.events, is_type("response.done"))
+        with pytest.raises(TimeoutError):
+            await collect(connection, turn.events, never, within=0.8)
+    assert not {TRANSCRIPTION_DELTA, COMPLETED} & set(turn.types)
+    assert turn.transcript_deltas == AUDIO_QUESTION
+    record = await session_record(emulator, created["session"]["id"])
+    assert record["input_audio"][0]["transcript"] is None
+
+
+async def test_a_malformed_directive_in_the_instructions_is_an_error(emulator: Emulator) -> None:
+    async with connected(emulator) as (connection, created):
+        await connection.session.update(session={"type": "realtime", "instructions": "[[emulator:late]]"})
+        error = await receive(connection)
+    assert (error["error"]["code"], error["error"]["param"]) == (
+        "invalid_emulator_directive",
+        "session.instructions",
+    )
+    record = await session_record(emulator, created["session"]["id"])
+    assert record["session"] == created["session"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output formats, speed, max_output_tokens
+
+FORMAT_TEXT = "Your table for four is booked at eight."
+
+
+@pytest.mark.parametrize(("where", "output_format"), [("session", "audio/pcmu"), ("response", "audio/pcma")])
+async def test_g711_output_is_the_speech_resampled_and_coded(
+    emulator: Emulator, where: str, output_format: str
+) -> None:
+    expected = encode_audio(synthesize(FORMAT_TEXT, "sage").pcm, output_format)
+    output = {"voice": "sage", "format": {"type": output_format}}
+    async with connected(emulator) as (connection, created):
+        if where == "session":
+            await configure(connection, {"type": "realtime", "audio": {"output": output}})
+            turn = await ask(connection, FORMAT_TEXT)
+        else:
+            await configure(connection, {"type": "realtime", "audio": {"output": {"voice": "sage"}}})
+            await connection.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": FORMAT_TEXT}],
+                }
+            )
+            await connection.response.create(
+                response={"audio": {"output": {"format": {"type": output_format}}}}
+            )
+            turn = Turn()
+            await collect(connection, turn.events, is_type("response.done"))
+    assert turn.audio == expected
+    assert len(expected) == pytest.approx(len(synthesize(FORMAT_TEXT).pcm) / 6, abs=2)
+    assert [len(chunk) for chunk in turn.audio_chunks[:3]] == [800, 1200, 2000]
+    assert max(len(chunk) for chunk in turn.audio_chunks) == 2000
+    response = turn.last("response.done")["response"]
+    assert response["audio"]["output"]["format"] == {"type": output_format}
+    assert response["usage"]["output_token_details"]["audio_tokens"] == audio_tokens(len(expected), 8000)
+    record = await session_record(emulator, created["session"]["id"])
+    assert record["audio_format"] == {"type": output_format}
+    assert (record["voice"], record["speed"]) == ("sage", 1.0)
+    assert record["audio_bytes"] == len(expected)
+    assert record["audio_sha256"] == hashlib.sha256(expected).hexdigest()
+    assert record["usage"] == response["usage"]
+
+
+@pytest.mark.parametrize("speed", [0.5, 1.5])
+async def test_speed_divides_the_duration(emulator: Emulator, speed: float) -> None:
+    async with connected(emulator) as (connection, created):
+        await configure(connection, {"type": "realtime", "audio": {"output": {"speed": speed}}})
+        turn = await ask(connection, FORMAT_TEXT)
+    normal = synthesize(FORMAT_TEXT).pcm
+    assert turn.audio == synthesize(FORMAT_TEXT, speed=speed).pcm
+    assert len(turn.audio) == len(FORMAT_TEXT) * 2 * round(1560 / speed)
+    assert len(turn.audio) == pytest.approx(len(normal) / speed, rel=0.01)
+    assert (await session_record(emulator, created["session"]["id"]))["speed"] == speed
+
+
+def token_cut(text: str, output_format: str, max_tokens: int) -> tuple[int, str, int]:
+    """The documented token rule, worked out independently: the cut (in bytes of the output format),
+    the transcript sent, and the output tokens it costs."""
+    speech = synthesize(text)
+    audio = encode_audio(speech.pcm, output_format)
+    ratio = len(speech.pcm) / len(audio)
+    step = 2400 if output_format == "audio/pcm" else 400
+
+    def sent(length: int) -> tuple[str, int]:
+        transcript = "".join(delta for offset, delta in speech.marks if offset // ratio < length)
+        return transcript, math.ceil(len(transcript) / 4) + audio_tokens(length, int(48000 / ratio))
+
+    best = (0, *sent(0))
+    for steps in range(1, math.ceil(len(audio) / step) + 1):
+        length = min(steps * step, len(audio))
+        transcript, cost = sent(length)
+        if cost > max_tokens:
+            break
+        best = (length, transcript, cost)
+    return best
+
+
+@pytest.mark.parametrize(
+    ("session_limit", "response_limit", "output_format"),
+    [(30, None, "audio/pcm"), (4096, 25, "audio/pcmu"), (20, "inf", "audio/pcm")],
+)
+async def test_max_output_tokens_cuts_by_the_token_rule(
+    emulator: Emulator, session_limit: int, response_limit: int | str | None, output_format: str
+) -> None:
+    session = {"type": "realtime", "max_output_tokens": session_limit}
+    session["audio"] = {"output": {"format": {"type": output_format}}}
+    async with connected(emulator) as (connection, _):
+        await configure(connection, session)
+        await connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": SCENARIO_TEXT}],
+            }
+        )
+        params = {} if response_limit is None else {"max_output_tokens": response_limit}
+        await connection.response.create(response=params)  # type: ignore[arg-type]
+        turn = Turn()
+        await collect(connection, turn.events, is_type("response.done"))
+    full = encode_audio(synthesize(SCENARIO_TEXT).pcm, output_format)
+    response = turn.last("response.done")["response"]
+    usage = response["usage"]
+    if response_limit == "inf":
+        assert response["status"] == "completed" and turn.audio == full
+        return
+    length, transcript, cost = token_cut(SCENARIO_TEXT, output_format, response_limit or session_limit)
+    assert 0 < length < len(full)
+    assert (response["status"], response["status_details"]) == (
+        "incomplete",
+        {"type": "incomplete", "reason": "max_output_tokens"},
+    )
+    assert turn.audio == full[:length]
+    assert turn.transcript_deltas == transcript
+    assert usage["output_tokens"] == cost <= (response_limit or session_limit)
+    assert usage["output_token_details"] == {
+        "text_tokens": math.ceil(len(transcript) / 4),
+        "audio_tokens": audio_tokens(length, 48000 if output_format == "audio/pcm" else 8000),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Quota at the handshake and the admissions log
+
+
+@asynccontextmanager
+async def quota(emulator: Emulator, **limits: int | None) -> AsyncIterator[dict[str, Any]]:
+    """The emulator with these limits and an empty admissions log; its startup quota again afterwards."""
+    assert (await control(emulator, "DELETE", "/_emulator/admissions"))[0] == 200
+    status, body = await control(emulator, "POST", "/_emulator/quota", limits)
+    assert status == 200, body
+    try:
+        yield body
+    finally:
+        await control(emulator, "POST", "/_emulator/quota", STARTUP_QUOTA)
+        await control(emulator, "DELETE", "/_emulator/admissions")
+
+
+async def admissions(emulator: Emulator) -> list[dict[str, Any]]:
+    status, body = await control(emulator, "GET", "/_emulator/admissions")
+    assert status == 200
+    return body
+
+
+def outcomes(log: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["outcome"], e["status"], e["reason"], e["retry_after"], e["open_sessions"]) for e in log]
+
+
+async def test_the_command_line_sets_the_quota(emulator: Emulator) -> None:
+    status, body = await control(emulator, "GET", "/_emulator/quota")
+    assert status == 200
+    assert {name: body[name] for name in STARTUP_QUOTA} == STARTUP_QUOTA
+
+
+async def test_max_sessions_refuses_a_handshake_while_the_limit_is_open(emulator: Emulator) -> None:
+    started = time.time()
+    async with quota(emulator, max_sessions=1) as limits:
+        async with connected(emulator) as (_, created):
+            error = await refused(emulator)
+        await ended_record(emulator, created["session"]["id"])
+        async with connected(emulator):
+            pass
+        log = await admissions(emulator)
+    assert (limits["max_sessions"], limits["requests_per_minute"]) == (
+        1,
+        STARTUP_QUOTA["requests_per_minute"],
+    )
+    assert error.response.status_code == 429
+    assert error.response.headers["Retry-After"] == "1"
+    body = json.loads(error.response.body)
+    assert body["error"]["code"] == "429" and "concurrent sessions" in body["error"]["message"]
+    assert outcomes(log) == [
+        ("admitted", 101, None, None, 0),
+        ("refused", 429, "max_sessions", 1, 1),
+        ("admitted", 101, None, None, 0),
+    ]
+    times = [entry["time"] for entry in log]
+    assert started <= times[0] <= times[1] <= times[2] <= time.time()
+
+
+async def test_requests_per_minute_refuses_until_the_oldest_leaves_the_minute(emulator: Emulator) -> None:
+    async with quota(emulator, max_sessions=None, requests_per_minute=2):
+        for _ in range(2):
+            async with connected(emulator):
+                pass
+        first_admitted = (await admissions(emulator))[0]["time"]
+        error = await refused(emulator)
+        _, state = await control(emulator, "GET", "/_emulator/quota")
+        log = await admissions(emulator)
+        assert await control(emulator, "DELETE", "/_emulator/admissions") == (200, {"cleared": 3})
+        assert await admissions(emulator) == []
+        async with connected(emulator) as (_, created):
+            assert created["session"]["id"]
+    retry_after = int(error.response.headers["Retry-After"])
+    assert error.response.status_code == 429
+    assert retry_after == math.ceil(first_admitted + 60 - log[-1]["time"]) and 55 <= retry_after <= 60
+    assert json.loads(error.response.body)["error"]["code"] == "429"
+    assert (state["max_sessions"], state["requests_per_minute"], state["admitted_last_minute"]) == (
+        None,
+        2,
+        2,
+    )
+    assert [entry[:4] for entry in outcomes(log)] == [
+        ("admitted", 101, None, None),
+        ("admitted", 101, None, None),
+        ("refused", 429, "requests_per_minute", retry_after),
+    ]
+
+
+async def test_every_refused_handshake_is_in_the_admissions_log(emulator: Emulator) -> None:
+    async with quota(emulator):
+        await refused(emulator, emulator.client(api_key="not-the-key"))
+        await refused(emulator, scenario="handshake_503", retry_after="4")
+        log = await admissions(emulator)
+    assert [entry[:4] for entry in outcomes(log)] == [
+        ("refused", 401, "unauthorized", None),
+        ("refused", 503, "scenario", 4),
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"max_sessions": -1}, {"max_session": 1}, [1], {"requests_per_minute": "5"}, {"max_sessions": True}],
+)
+async def test_quota_requests_are_checked(emulator: Emulator, body: Any) -> None:
+    status, _ = await control(emulator, "POST", "/_emulator/quota", body)
+    assert status == 400
+    _, unchanged = await control(emulator, "GET", "/_emulator/quota")
+    assert {name: unchanged[name] for name in STARTUP_QUOTA} == STARTUP_QUOTA
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pure audio functions: tones that carry text, G.711
+
+
+@pytest.mark.parametrize("voice", ["alloy", "ash", "shimmer"])
+@pytest.mark.parametrize("speed", [0.25, 1.0, 1.5])
+def test_tones_read_back_as_the_text_that_made_them(voice: str, speed: float) -> None:
+    text = "Grüße, 東京! Price: 5€ (approx.) ~ ok?"
+    speech = synthesize(text, voice, speed=speed)
+    assert hear(speech.pcm, "audio/pcm") == text
+    assert hear(encode_audio(speech.pcm, "audio/pcma"), {"type": "audio/pcma"}) == text
+    assert heard_text(through_16khz(speech.pcm), "audio/pcm") == text
+
+
+def test_audio_without_tones_reads_as_nothing() -> None:
+    assert hear(noise(2.0), "audio/pcm") is None
+    assert hear(bytes(48000), "audio/pcm") is None
+    assert heard_text(bytes(8000 * 3), "audio/pcmu") == "Unrecognized audio of 3.0 seconds."
+
+
+def test_duration_is_one_slot_per_character_over_the_speed() -> None:
+    for speed in (0.25, 0.8, 1.0, 1.5):
+        assert len(synthesize("Twelve chars", speed=speed).pcm) == 12 * 2 * round(1560 / speed)
+    assert len(synthesize("é").pcm) == 7 * 2 * 1560, "a character outside ASCII takes seven symbols"
+
+
+def test_g711_encoding_is_soxr_then_libsndfile() -> None:
+    pcm = synthesize(FORMAT_TEXT).pcm
+    resampled = soxr.resample(np.frombuffer(pcm, dtype="<i2"), 24000, 8000)
+    for output_format, subtype in (("audio/pcmu", "ULAW"), ("audio/pcma", "ALAW")):
+        expected = io.BytesIO()
+        soundfile.write(expected, resampled, 8000, format="RAW", subtype=subtype)
+        assert encode_audio(pcm, output_format) == expected.getvalue()
+        assert encode_audio(pcm, {"type": output_format}) == expected.getvalue()
+    assert encode_audio(pcm, "audio/pcm") == pcm

@@ -14,10 +14,11 @@ from .speech import espeak_available
 
 
 def _epilog() -> str:
-    scenarios = "\n".join(f"  {name:<11} {summary}" for name, summary in RESPONSE_SCENARIOS.items())
-    parameters = "\n".join(f"  {name:<11} {summary}" for name, summary in PARAMETERS.items())
+    scenarios = "\n".join(f"  {name:<16} {summary}" for name, summary in RESPONSE_SCENARIOS.items())
+    parameters = "\n".join(f"  {name:<16} {summary}" for name, summary in PARAMETERS.items())
     return f"""\
-scenarios (per connection: ?scenario=NAME&key=value; per message: [[emulator:NAME key=value ...]]):
+scenarios (per connection: ?scenario=NAME&key=value; per message or in the session's instructions:
+[[emulator:NAME key=value ...]]):
 {scenarios}
   handshake_401|403|429|500|503  refuse the handshake with that status (query only)
 
@@ -28,6 +29,11 @@ control routes on the same port:
   POST   /_emulator/handshake-faults  {{"status": 429, "count": N, "retry_after": S}}
   GET    /_emulator/sessions          session records (no credentials)
   DELETE /_emulator/sessions
+  GET    /_emulator/sessions/ID/input_audio  raw bytes of the last committed input audio (?item_id=)
+  GET    /_emulator/quota             the limits, open sessions, admissions in the last minute
+  POST   /_emulator/quota             {{"max_sessions": N, "requests_per_minute": M}} (null: no limit)
+  GET    /_emulator/admissions        every handshake: time, outcome, status, reason, retry_after
+  DELETE /_emulator/admissions        clear that log and the rolling minute
   GET    /_emulator/health
   GET    /_emulator/stats
 """
@@ -50,12 +56,27 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain for the TLS listener")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for the TLS listener")
     parser.add_argument("--speech", choices=("tones", "espeak"), default="tones", help="how answers sound")
+    parser.add_argument(
+        "--max-sessions", type=_count, help="refuse handshakes with 429 while this many sessions are open"
+    )
+    parser.add_argument(
+        "--requests-per-minute",
+        type=_count,
+        help="refuse handshakes with 429 once this many were admitted in the rolling last minute",
+    )
     arguments = parser.parse_args(argv)
     if not _is_loopback(arguments.host):
         parser.error("--host must be a loopback IP address, such as 127.0.0.1")
     if arguments.tls_port is not None and not (arguments.tls_cert and arguments.tls_key):
         parser.error("--tls-port needs --tls-cert and --tls-key")
     return arguments
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not an integer >= 0")
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -68,6 +89,7 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     # The server imports the openai SDK's types (slow to load); --help and argument errors do not need it.
+    from .quota import Quota
     from .server import EmulatorConfig, Listener, serve, tls_context
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -77,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         api_key=arguments.api_key,
         token_public_key=arguments.token_public_key.read_bytes() if arguments.token_public_key else None,
         engine=arguments.speech,
+        quota=Quota(arguments.max_sessions, arguments.requests_per_minute),
     )
     listeners = [Listener(arguments.host, arguments.port)]
     if arguments.tls_port is not None:

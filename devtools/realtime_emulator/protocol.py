@@ -102,7 +102,7 @@ def merge_session(current: dict[str, Any], update: dict[str, Any]) -> dict[str, 
     merged = _merge(current, update)
     audio = merged["audio"]
     for direction in ("input", "output"):
-        audio[direction]["format"] = _with_format_defaults(audio[direction]["format"])
+        audio[direction]["format"] = with_format_defaults(audio[direction]["format"])
     detection = audio["input"]["turn_detection"]
     if detection is not None:
         audio["input"]["turn_detection"] = {**TURN_DETECTION_DEFAULTS[detection["type"]], **detection}
@@ -119,7 +119,7 @@ def _merge(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _with_format_defaults(audio_format: dict[str, Any]) -> dict[str, Any]:
+def with_format_defaults(audio_format: dict[str, Any]) -> dict[str, Any]:
     if audio_format.get("type") == "audio/pcm":
         return {**PCM_FORMAT, **audio_format}
     return audio_format
@@ -167,8 +167,9 @@ def text_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARACTERS_PER_TOKEN)
 
 
-def audio_tokens(audio_bytes: int) -> int:
-    return math.ceil(audio_bytes / BYTES_PER_SECOND * AUDIO_TOKENS_PER_SECOND)
+def audio_tokens(audio_bytes: int, bytes_per_second: int = BYTES_PER_SECOND) -> int:
+    """Audio tokens of ``audio_bytes`` of audio: 20 per second, one per started 50 ms."""
+    return -(-audio_bytes * AUDIO_TOKENS_PER_SECOND // bytes_per_second)
 
 
 def usage(input_text: int, input_audio: int, output_text: int, output_audio: int) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Scripted scenarios: how the emulator misbehaves, chosen per connection or per user message.
 
 A connection's scenario comes from the handshake query (``?scenario=drop&at=0.2``); a directive in a
-user message (``[[emulator:long seconds=300]]``) overrides it for the responses that follow.
+user message or in the session's instructions (``[[emulator:long seconds=300]]``) overrides it for the
+responses (and committed input audio) that follow.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ RESPONSE_SCENARIOS = {
     "rate_limit": "an error event (code rate_limit_exceeded) instead of a response",
     "slow": "audio paced against the clock: real time at pace=1.0, pace times faster otherwise",
     "long": "seconds=N of audio (default 300) at full speed",
+    "transcript_late": "input audio transcription sent delay=S seconds (default 0.5) after response.done",
+    "transcript_never": "no input audio transcription events at all",
 }
 HANDSHAKE_STATUSES = (401, 403, 429, 500, 503)
 HANDSHAKE_SCENARIOS = {f"handshake_{status}": status for status in HANDSHAKE_STATUSES}
 CUT_SCENARIOS = frozenset({"error_mid", "drop", "stall", "incomplete", "failed", "cancelled"})
 CANCEL_REASONS = ("client_cancelled", "turn_detected")
+TRANSCRIPT_SCENARIOS = frozenset({"transcript_late", "transcript_never"})
+DEFAULT_TRANSCRIPT_DELAY = 0.5
 MAX_SECONDS = 3600.0
 
 PARAMETERS = {
@@ -39,6 +44,7 @@ PARAMETERS = {
     "at": "fraction 0-1 of the audio sent before the scenario acts (default 0.5)",
     "reason": "cancelled only: client_cancelled (default) or turn_detected",
     "retry_after": "handshake scenarios: Retry-After seconds (429 and 503)",
+    "delay": "transcript_late only: seconds between response.done and the transcription (default 0.5)",
 }
 
 
@@ -54,6 +60,7 @@ class Scenario:
     at: float = 0.5
     reason: str = "client_cancelled"
     retry_after: int | None = None
+    delay: float = DEFAULT_TRANSCRIPT_DELAY
 
     @property
     def handshake_status(self) -> int | None:
@@ -68,6 +75,8 @@ class Scenario:
             values["reason"] = self.reason
         if self.handshake_status:
             values["retry_after"] = self.retry_after
+        if self.name == "transcript_late":
+            values["delay"] = self.delay
         return {key: value for key, value in values.items() if value is not None}
 
 
@@ -121,6 +130,8 @@ def _allowed_parameters(name: str) -> set[str]:
         allowed.add("at")
     if name == "cancelled":
         allowed.add("reason")
+    if name == "transcript_late":
+        allowed.add("delay")
     return allowed
 
 
@@ -137,6 +148,8 @@ def _parse_parameter(key: str, text: str) -> object:
         raise ScenarioError(f"at={text} must be between 0 and 1")
     if key in ("seconds", "pace") and not (value > 0 and math.isfinite(value)):
         raise ScenarioError(f"{key}={text} must be a positive number")
+    if key == "delay" and not (0 <= value <= MAX_SECONDS):
+        raise ScenarioError(f"delay={text} must be between 0 and {MAX_SECONDS:.0f} seconds")
     if key == "seconds" and value > MAX_SECONDS:
         raise ScenarioError(f"seconds={text} is more than the emulator's limit of {MAX_SECONDS:.0f}")
     if key == "retry_after":

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import ssl
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from . import protocol
 from .auth import AuthenticationError, Authenticator
+from .quota import QUOTA_FIELDS, Admissions, Quota
 from .scenarios import HANDSHAKE_STATUSES, Scenario, ScenarioError, scenario_from_query
 from .session import RealtimeSession, SessionRecord
 from .speech import Engine
@@ -50,6 +52,7 @@ class EmulatorConfig:
     api_key: str | None = None
     token_public_key: bytes | None = None
     engine: Engine = "tones"
+    quota: Quota = field(default_factory=Quota)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class EmulatorState:
     fault: HandshakeFault | None = None
     connections_total: int = 0
     refusals_by_status: dict[int, int] = field(default_factory=dict)
+    admissions: Admissions = field(default_factory=Admissions)
 
     def take_fault(self) -> HandshakeFault | None:
         fault = self.fault
@@ -82,11 +86,20 @@ STATE = web.AppKey("state", EmulatorState)
 
 def create_app(config: EmulatorConfig) -> web.Application:
     app = web.Application()
-    app[STATE] = EmulatorState(config, Authenticator(config.api_key, config.token_public_key))
+    app[STATE] = EmulatorState(
+        config,
+        Authenticator(config.api_key, config.token_public_key),
+        admissions=Admissions(Quota(**config.quota.as_json())),
+    )
     app.router.add_get(REALTIME_PATH, realtime)
     app.router.add_post("/_emulator/handshake-faults", set_handshake_faults)
     app.router.add_get("/_emulator/sessions", list_sessions)
     app.router.add_delete("/_emulator/sessions", clear_sessions)
+    app.router.add_get("/_emulator/sessions/{session_id}/input_audio", input_audio)
+    app.router.add_get("/_emulator/quota", get_quota)
+    app.router.add_post("/_emulator/quota", set_quota)
+    app.router.add_get("/_emulator/admissions", list_admissions)
+    app.router.add_delete("/_emulator/admissions", clear_admissions)
     app.router.add_get("/_emulator/health", health)
     app.router.add_get("/_emulator/stats", stats)
     app.on_shutdown.append(close_open_sessions)
@@ -98,24 +111,28 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_MESSAGE_BYTES, compress=False)
     if not ws.can_prepare(request).ok:
-        return refuse(state, 400, "Expected a WebSocket upgrade request.")
+        return refuse(state, 400, "bad_request", "Expected a WebSocket upgrade request.")
     try:
         identity = state.authenticator.authenticate(request.headers)
     except AuthenticationError as error:
-        return refuse(state, 401, str(error))
+        return refuse(state, 401, "unauthorized", str(error))
     model = request.query.get("model")
     if not model:
-        return refuse(state, 400, "Missing required query parameter: 'model'.")
+        return refuse(state, 400, "bad_request", "Missing required query parameter: 'model'.")
     try:
         scenario = scenario_from_query(request.query)
     except ScenarioError as error:
-        return refuse(state, 400, str(error))
+        return refuse(state, 400, "bad_request", str(error))
+    over_quota = state.admissions.check(len(state.open_sessions), time.time())
+    if over_quota is not None:
+        return refuse(state, 429, over_quota.reason, over_quota.message, retry_after=over_quota.retry_after)
     fault = state.take_fault()
     if fault is not None:
-        return refuse(state, fault.status, retry_after=fault.retry_after)
+        return refuse(state, fault.status, "handshake_fault", retry_after=fault.retry_after)
     if scenario.handshake_status is not None:
-        return refuse(state, scenario.handshake_status, retry_after=scenario.retry_after)
+        return refuse(state, scenario.handshake_status, "scenario", retry_after=scenario.retry_after)
 
+    state.admissions.admitted(len(state.open_sessions), time.time())
     await ws.prepare(request)
     session = _open_session(state, ws, request, model, identity.as_record(), scenario)
     log.info(
@@ -164,16 +181,25 @@ def _tcp_closer(request: web.Request) -> Callable[[], None]:
 
 
 def refuse(
-    state: EmulatorState, status: int, message: str | None = None, *, retry_after: int | None = None
+    state: EmulatorState,
+    status: int,
+    reason: str,
+    message: str | None = None,
+    *,
+    retry_after: int | None = None,
 ) -> web.Response:
-    """An Azure-style JSON error for a refused handshake (429 and 503 say when to retry)."""
+    """An Azure-style JSON error for a refused handshake (429 and 503 say when to retry), logged with
+    its ``reason`` in the admissions log."""
     state.refusals_by_status[status] = state.refusals_by_status.get(status, 0) + 1
     headers = {"apim-request-id": str(uuid.uuid4())}
     if status in (429, 503):
         retry_after = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
         headers["Retry-After"] = str(retry_after)
+    else:
+        retry_after = None
+    state.admissions.refused(status, reason, retry_after, len(state.open_sessions), time.time())
     text = message or REFUSAL_MESSAGES[status].format(retry_after=retry_after)
-    log.info("handshake refused: %d %s", status, text)
+    log.info("handshake refused: %d %s (%s)", status, text, reason)
     return web.json_response(
         {"error": {"code": REFUSALS[status], "message": text}}, status=status, headers=headers
     )
@@ -223,6 +249,60 @@ async def clear_sessions(request: web.Request) -> web.Response:
     return web.json_response({"cleared": cleared})
 
 
+async def input_audio(request: web.Request) -> web.Response:
+    """The raw bytes of a session's last committed input audio (``?item_id=`` picks another one)."""
+    session_id = request.match_info["session_id"]
+    record = next((r for r in request.app[STATE].records if r.session_id == session_id), None)
+    raw = None if record is None else record.input_audio_bytes(request.query.get("item_id"))
+    if record is None or raw is None:
+        return web.json_response({"error": "no such session or committed input audio"}, status=404)
+    return web.Response(body=raw, content_type="application/octet-stream")
+
+
+async def get_quota(request: web.Request) -> web.Response:
+    return web.json_response(_quota_json(request.app[STATE]))
+
+
+async def set_quota(request: web.Request) -> web.Response:
+    """``{"max_sessions": N, "requests_per_minute": M}``: a given field sets its limit (null: no limit),
+    an absent one keeps it."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if (
+        not isinstance(body, dict)
+        or not set(body) <= set(QUOTA_FIELDS)
+        or not all(value is None or _is_count(value) for value in body.values())
+    ):
+        return web.json_response(
+            {"error": f"expected a JSON object with {', '.join(QUOTA_FIELDS)}: integers >= 0 or null"},
+            status=400,
+        )
+    state = request.app[STATE]
+    for name, value in body.items():
+        setattr(state.admissions.quota, name, value)
+    log.info("quota set: %s", state.admissions.quota)
+    return web.json_response(_quota_json(state))
+
+
+def _quota_json(state: EmulatorState) -> dict[str, Any]:
+    return {
+        **state.admissions.quota.as_json(),
+        "open_sessions": len(state.open_sessions),
+        "admitted_last_minute": state.admissions.admitted_last_minute(time.time()),
+    }
+
+
+async def list_admissions(request: web.Request) -> web.Response:
+    return web.json_response([entry.as_json() for entry in request.app[STATE].admissions.log])
+
+
+async def clear_admissions(request: web.Request) -> web.Response:
+    """Clear the admissions log, and forget the rolling minute's admissions with it."""
+    return web.json_response({"cleared": request.app[STATE].admissions.forget()})
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -256,7 +336,8 @@ class Listener:
 
 
 async def serve(config: EmulatorConfig, listeners: list[Listener]) -> None:
-    """Serve until SIGINT or SIGTERM; print one line per listener once it accepts connections."""
+    """Serve until SIGINT or SIGTERM; print one line per listener once it accepts connections, and one
+    once it has stopped cleanly."""
     runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -273,6 +354,7 @@ async def serve(config: EmulatorConfig, listeners: list[Listener]) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+    print("realtime emulator stopped", flush=True)
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:

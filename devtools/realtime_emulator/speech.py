@@ -1,44 +1,43 @@
 """Deterministic speech for the emulator: the transcript it answers with and the audio it streams.
 
 The answer to a user message is the message itself (directives removed, whitespace collapsed), spoken
-as one tone per word: the pitch comes from the voice and a hash of the word, the length from the
-number of characters (about 65 ms each, so a sentence lasts a few seconds). Each tone is one period
-of a sine wave built once and repeated as bytes, so minutes of audio cost milliseconds.
+in tones that carry its text (see :mod:`.tones`): one two-tone symbol per character, each in a slot of
+``round(1560 / speed)`` samples (65 ms at speed 1.0, so a sentence lasts a few seconds and the audio
+lasts ``1 / speed`` times as long at another speed), under a hum at the voice's pitch. A tone is built
+once per symbol, slot length and voice and reused as bytes, so minutes of audio cost milliseconds, and
+:func:`hear` reads the text back from the audio, even resampled or G.711-coded.
 
 With the ``espeak`` engine the transcript is spoken by ``espeak-ng`` when it is installed, resampled
-to the realtime format (PCM16 LE, 24 kHz, mono); its bytes are whatever that espeak-ng version makes.
+to the realtime format (PCM16 LE, 24 kHz, mono); its bytes are whatever that espeak-ng version makes,
+and they do not read back as text.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import wave
-from array import array
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from . import tones
+from .audio_formats import PCM_RATE, audio_format, decode_audio, resample_pcm16
 from .scenarios import strip_directives
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24_000
+SAMPLE_RATE = PCM_RATE
 BYTES_PER_SECOND = SAMPLE_RATE * 2
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 Engine = Literal["tones", "espeak"]
 
 EMPTY_MESSAGE_ANSWER = "Hello! How can I help you today?"
+UNRECOGNIZED_AUDIO = "Unrecognized audio of {seconds:.1f} seconds."
 SECONDS_PER_CHARACTER = 0.065
-TONE_SHARE = 0.85
-AMPLITUDE = 0.3 * 32767
 VOICE_BASE_HZ = {
     "alloy": 220.0,
     "ash": 110.0,
@@ -122,34 +121,33 @@ def transcript_deltas(transcript: str) -> list[str]:
 
 
 def _tone_utterance(transcript: str, voice: str, speed: float) -> Speech:
+    slot_samples = round(SECONDS_PER_CHARACTER / speed * SAMPLE_RATE)
+    hum_hz = VOICE_BASE_HZ.get(voice, VOICE_BASE_HZ["alloy"])
     pieces: list[bytes] = []
     marks: list[tuple[int, str]] = []
     offset = 0
     for delta in transcript_deltas(transcript):
-        samples = round(len(delta) * SECONDS_PER_CHARACTER / speed * SAMPLE_RATE)
-        period = _word_period(delta.strip(), voice)
-        # Whole periods only: the tone starts and stops at a zero crossing, so words do not click.
-        periods = round(samples * TONE_SHARE) // period
-        segment = _sine_period(period) * periods + bytes(2 * (samples - periods * period))
         marks.append((offset, delta))
-        pieces.append(segment)
-        offset += len(segment)
+        for symbol in tones.symbols(delta):
+            pieces.append(tones.tone_slot(symbol, slot_samples, hum_hz, SAMPLE_RATE))
+            offset += 2 * slot_samples
     return Speech(transcript, b"".join(pieces), tuple(marks))
 
 
-def _word_period(word: str, voice: str) -> int:
-    """Period in samples of a word's tone: the voice's pitch raised by 0-11 semitones per word."""
-    semitone = hashlib.sha256(word.lower().encode()).digest()[0] % 12
-    frequency = VOICE_BASE_HZ.get(voice, VOICE_BASE_HZ["alloy"]) * 2 ** (semitone / 12)
-    return round(SAMPLE_RATE / frequency)
+def hear(raw: bytes, input_format: dict[str, Any] | str) -> str | None:
+    """The text that the emulator's tones spell in ``raw`` audio of a realtime input format, or None
+    when it is not such audio."""
+    return tones.read_tones(decode_audio(raw, input_format), audio_format(input_format).rate)
 
 
-@lru_cache(maxsize=256)
-def _sine_period(period: int) -> bytes:
-    wave_ = array("h", (round(AMPLITUDE * math.sin(2 * math.pi * i / period)) for i in range(period)))
-    if sys.byteorder == "big":
-        wave_.byteswap()
-    return wave_.tobytes()
+def heard_text(raw: bytes, input_format: dict[str, Any] | str) -> str:
+    """What the emulator hears in input audio: the text its tones spell (so an answer it spoke, sent
+    back in as PCM, resampled or G.711-coded, is heard as the text that made it), else
+    ``Unrecognized audio of S seconds.`` with S the audio's duration to a tenth of a second."""
+    heard = hear(raw, input_format)
+    if heard is not None:
+        return heard
+    return UNRECOGNIZED_AUDIO.format(seconds=audio_format(input_format).seconds(len(raw)))
 
 
 def _fit_to_length(once: Speech, target_bytes: int) -> Speech:
@@ -193,30 +191,8 @@ def _espeak_utterance(transcript: str, voice: str, speed: float) -> Speech:
             frames = wav.readframes(wav.getnframes())
     if channels != 1 or width != 2:
         raise RuntimeError(f"espeak-ng produced {channels} channels of {width}-byte samples")
-    pcm = _resample_pcm16(frames, rate, SAMPLE_RATE)
+    pcm = resample_pcm16(frames, rate, SAMPLE_RATE)
     return Speech(transcript, pcm, _proportional_marks(transcript, len(pcm)))
-
-
-def _resample_pcm16(pcm: bytes, source_rate: int, target_rate: int) -> bytes:
-    """Linear-interpolation resampling of one utterance (seconds of audio, so a plain loop is fine)."""
-    source = array("h", pcm)
-    if sys.byteorder == "big":
-        source.byteswap()
-    if source_rate == target_rate or len(source) < 2:
-        return pcm
-    count = len(source) * target_rate // source_rate
-    step = source_rate / target_rate
-    last = len(source) - 1
-    target = array("h", bytes(2 * count))
-    for index in range(count):
-        position = index * step
-        left = min(int(position), last)
-        right = min(left + 1, last)
-        fraction = position - left
-        target[index] = round(source[left] + (source[right] - source[left]) * fraction)
-    if sys.byteorder == "big":
-        target.byteswap()
-    return target.tobytes()
 
 
 def _proportional_marks(transcript: str, total_bytes: int) -> tuple[tuple[int, str], ...]:

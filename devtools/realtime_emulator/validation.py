@@ -233,13 +233,6 @@ def tagged(variants: Mapping[str, Rule]) -> Rule:
     return check
 
 
-def unsupported(what: str) -> Rule:
-    def check(value: Any, path: str) -> object:
-        raise RequestError("unsupported_by_emulator", f"The realtime emulator does not support {what}.", path)
-
-    return check
-
-
 def sdk_type(type_: object) -> Rule:
     """Check a field the emulator only stores against the openai SDK's type for it."""
     adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(type_)
@@ -261,14 +254,7 @@ def sdk_type(type_: object) -> Rule:
 TYPE_ONLY = {"type": string()}
 VOICE = one_of(*VOICES)
 PCM = obj({"type": string(), "rate": one_of(24000)})
-INPUT_FORMAT = tagged({"audio/pcm": PCM, "audio/pcmu": obj(TYPE_ONLY), "audio/pcma": obj(TYPE_ONLY)})
-OUTPUT_FORMAT = tagged(
-    {
-        "audio/pcm": PCM,
-        "audio/pcmu": unsupported("G.711 output audio (audio/pcmu)"),
-        "audio/pcma": unsupported("G.711 output audio (audio/pcma)"),
-    }
-)
+AUDIO_FORMAT = tagged({"audio/pcm": PCM, "audio/pcmu": obj(TYPE_ONLY), "audio/pcma": obj(TYPE_ONLY)})
 TURN_DETECTION = nullable(
     tagged(
         {
@@ -320,13 +306,13 @@ SESSION = obj(
             {
                 "input": obj(
                     {
-                        "format": INPUT_FORMAT,
+                        "format": AUDIO_FORMAT,
                         "transcription": TRANSCRIPTION,
                         "noise_reduction": NOISE_REDUCTION,
                         "turn_detection": TURN_DETECTION,
                     }
                 ),
-                "output": obj({"format": OUTPUT_FORMAT, "voice": VOICE, "speed": decimal(0.25, 1.5)}),
+                "output": obj({"format": AUDIO_FORMAT, "voice": VOICE, "speed": decimal(0.25, 1.5)}),
             }
         ),
         "include": nullable(array(one_of("item.input_audio_transcription.logprobs"))),
@@ -380,7 +366,7 @@ RESPONSE_PARAMS = obj(
         "instructions": string(),
         "output_modalities": OUTPUT_MODALITIES,
         "max_output_tokens": MAX_OUTPUT_TOKENS,
-        "audio": obj({"output": obj({"format": OUTPUT_FORMAT, "voice": VOICE})}),
+        "audio": obj({"output": obj({"format": AUDIO_FORMAT, "voice": VOICE})}),
         "conversation": string(),
         "metadata": nullable(sdk_type(dict[str, str])),
         "input": array(conversation_item),
