@@ -2,7 +2,8 @@
 //
 //   function app (Flex Consumption, Python 3.11) ──user-assigned identity──► host storage account
 //                                                                          ► audio storage account
-//                                                                          ► Azure OpenAI (gpt-realtime)
+//                                                                          ► Azure OpenAI (gpt-realtime), and
+//                                                                            optional extra accounts (the pool)
 //                                                                          ► Application Insights
 //
 // Deployed at subscription scope (azd: `azd up`; or `az deployment sub create`, see docs/deploy.md).
@@ -123,9 +124,52 @@ param realtimeInstructions string = 'You are a helpful assistant. You respond by
 ])
 param realtimeVoice string = 'alloy'
 
-@description('Model that transcribes input audio in the session (REALTIME_TRANSCRIPTION_MODEL).')
-@minLength(1)
-param realtimeTranscriptionModel string = 'whisper-1'
+@description('Speaking speed of the answers in percent (REALTIME_SPEED 0.25 to 1.5 is 25 to 150; Bicep has no decimal numbers).')
+@minValue(25)
+@maxValue(150)
+param realtimeSpeedPercent int = 100
+
+@description('Upper bound on the output tokens of one answer (REALTIME_MAX_OUTPUT_TOKENS), 1 to 4096; 0 leaves it unset (the model\'s own limit).')
+@minValue(0)
+@maxValue(4096)
+param realtimeMaxOutputTokens int = 0
+
+@description('Bitrate of MP3 answers in kbit/s (AUDIO_MP3_BITRATE_KBPS); an MPEG-2 Layer III bitrate.')
+@allowed([
+  8
+  16
+  24
+  32
+  40
+  48
+  56
+  64
+  80
+  96
+  112
+  128
+  144
+  160
+])
+param audioMp3BitrateKbps int = 48
+
+@description('Largest spoken question accepted, in bytes (AUDIO_INPUT_MAX_BYTES).')
+@minValue(65536)
+@maxValue(104857600)
+param audioInputMaxBytes int = 26214400
+
+@description('Longest spoken question accepted, in seconds (AUDIO_INPUT_MAX_SECONDS).')
+@minValue(1)
+@maxValue(1800)
+param audioInputMaxSeconds int = 300
+
+@description('How long to wait for the transcript of a spoken question after the answer, in seconds (INPUT_TRANSCRIPT_GRACE_SECONDS).')
+@minValue(0)
+@maxValue(60)
+param inputTranscriptGraceSeconds int = 5
+
+@description('Serve the playground page, GET /api/playground (PLAYGROUND_ENABLED).')
+param playgroundEnabled bool = false
 
 // ---------------------------------------------------------------- Azure OpenAI
 
@@ -166,9 +210,49 @@ param openAiModelVersion string = '2025-08-28'
 ])
 param openAiDeploymentSku string = 'GlobalStandard'
 
-@description('Capacity of the model deployment (thousands of tokens per minute); needs that much quota in the region.')
+@description('Capacity of the model deployment (thousands of tokens per minute); needs that much quota in the region. Also the primary account\'s weight in the pool.')
 @minValue(1)
 param openAiDeploymentCapacity int = 10
+
+@description('Create the input-transcription deployment (spoken questions) on every account; false when an existing account already has it.')
+param createTranscriptionDeployment bool = true
+
+@description('Name of the input-transcription deployment (REALTIME_TRANSCRIPTION_MODEL): on Azure the session names a deployment of the resource, not a model.')
+@minLength(1)
+param transcriptionDeploymentName string = 'gpt-4o-mini-transcribe'
+
+@description('Transcription model to deploy.')
+param transcriptionModelName string = 'gpt-4o-mini-transcribe'
+
+@description('Version of the transcription model.')
+param transcriptionModelVersion string = '2025-03-20'
+
+@description('SKU (deployment type) of the transcription deployments.')
+@allowed([
+  'GlobalStandard'
+  'DataZoneStandard'
+  'Standard'
+])
+param transcriptionDeploymentSku string = 'GlobalStandard'
+
+@description('Capacity of each transcription deployment (thousands of tokens per minute).')
+@minValue(1)
+param transcriptionDeploymentCapacity int = 10
+
+// ---------------------------------------------------------------- the pool of model backends
+
+@description('Extra Azure OpenAI accounts, usually in other regions, each with its own quota: [{location, capacity, priority, skuName}]. The primary account has priority 1; the app tries the lowest priority first and spreads over the accounts of one priority by capacity. Empty: the primary account alone.')
+param additionalOpenAiBackends array = []
+
+@description('Failed handshakes in a row that open a backend\'s circuit (AZURE_OPENAI_CIRCUIT_FAILURES).')
+@minValue(1)
+@maxValue(100)
+param openAiCircuitFailures int = 3
+
+@description('Seconds a backend with an open circuit is left alone (AZURE_OPENAI_CIRCUIT_COOLDOWN_SECONDS).')
+@minValue(1)
+@maxValue(3600)
+param openAiCircuitCooldownSeconds int = 30
 
 // ---------------------------------------------------------------- names
 
@@ -263,6 +347,12 @@ module openAi 'modules/openai-model.bicep' = {
     modelVersion: openAiModelVersion
     skuName: openAiDeploymentSku
     capacity: openAiDeploymentCapacity
+    createTranscriptionDeployment: createTranscriptionDeployment
+    transcriptionDeploymentName: transcriptionDeploymentName
+    transcriptionModelName: transcriptionModelName
+    transcriptionModelVersion: transcriptionModelVersion
+    transcriptionSkuName: transcriptionDeploymentSku
+    transcriptionCapacity: transcriptionDeploymentCapacity
     appPrincipalId: identity.outputs.principalId
     userPrincipalId: principalId
     userPrincipalType: principalType
@@ -272,6 +362,29 @@ module openAi 'modules/openai-model.bicep' = {
     rg
     openAiAccount
   ]
+}
+
+module openAiPool 'modules/openai-pool.bicep' = {
+  name: 'openai-pool'
+  scope: rg
+  params: {
+    namePrefix: 'oai-${resourceToken}'
+    tags: tags
+    kind: openAiKind
+    backends: additionalOpenAiBackends
+    deploymentName: openAiDeploymentName
+    modelName: openAiModelName
+    modelVersion: openAiModelVersion
+    createTranscriptionDeployment: createTranscriptionDeployment
+    transcriptionDeploymentName: transcriptionDeploymentName
+    transcriptionModelName: transcriptionModelName
+    transcriptionModelVersion: transcriptionModelVersion
+    transcriptionSkuName: transcriptionDeploymentSku
+    transcriptionCapacity: transcriptionDeploymentCapacity
+    appPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+    userPrincipalType: principalType
+  }
 }
 
 module roles 'modules/roles.bicep' = {
@@ -287,12 +400,27 @@ module roles 'modules/roles.bicep' = {
   }
 }
 
-// The settings the app code reads (realtime_speech/settings.py), as strings. AZURE_CLIENT_ID is set by
-// the function-app module with the host settings; AZURE_OPENAI_API_KEY is for local use only and is
-// never set here: the app authenticates with its managed identity.
+// The model backends (AZURE_OPENAI_BACKENDS): the primary account at priority 1, then the extra accounts.
+// Endpoints only, never a key: every backend is reached with the app's managed identity.
+var openAiBackends = concat([
+  {
+    name: 'primary'
+    endpoint: openAi.outputs.endpoint
+    deployment: openAiDeploymentName
+    priority: 1
+    weight: min(openAiDeploymentCapacity, 1000)
+  }
+], openAiPool.outputs.backends)
+
+// The settings the app code reads (realtime_speech/settings.py), as strings. The function-app module adds
+// AZURE_CLIENT_ID and the Application Insights settings with the host settings. Never set here:
+// AZURE_OPENAI_API_KEY (local use only; the app authenticates with its managed identity),
+// AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT_NAME (AZURE_OPENAI_BACKENDS replaces them) and
+// OTEL_EXPORTER_OTLP_ENDPOINT (the OTLP exporter, an alternative to Application Insights).
 var appSettings = {
-  AZURE_OPENAI_ENDPOINT: openAi.outputs.endpoint
-  AZURE_OPENAI_DEPLOYMENT_NAME: openAiDeploymentName
+  AZURE_OPENAI_BACKENDS: string(openAiBackends)
+  AZURE_OPENAI_CIRCUIT_FAILURES: string(openAiCircuitFailures)
+  AZURE_OPENAI_CIRCUIT_COOLDOWN_SECONDS: string(openAiCircuitCooldownSeconds)
   AUDIO_STORAGE_ACCOUNT_URL: audioStorage.outputs.blobEndpoint
   AUDIO_CONTAINER: audioContainerName
   AUDIO_URL_TTL_MINUTES: string(audioUrlTtlMinutes)
@@ -300,7 +428,14 @@ var appSettings = {
   REALTIME_TIMEOUT_SECONDS: string(realtimeTimeoutSeconds)
   REALTIME_INSTRUCTIONS: realtimeInstructions
   REALTIME_VOICE: realtimeVoice
-  REALTIME_TRANSCRIPTION_MODEL: realtimeTranscriptionModel
+  REALTIME_SPEED: '${realtimeSpeedPercent / 100}.${padLeft(string(realtimeSpeedPercent % 100), 2, '0')}'
+  REALTIME_MAX_OUTPUT_TOKENS: (realtimeMaxOutputTokens == 0) ? '' : string(realtimeMaxOutputTokens)
+  REALTIME_TRANSCRIPTION_MODEL: transcriptionDeploymentName
+  AUDIO_MP3_BITRATE_KBPS: string(audioMp3BitrateKbps)
+  AUDIO_INPUT_MAX_BYTES: string(audioInputMaxBytes)
+  AUDIO_INPUT_MAX_SECONDS: string(audioInputMaxSeconds)
+  INPUT_TRANSCRIPT_GRACE_SECONDS: string(inputTranscriptGraceSeconds)
+  PLAYGROUND_ENABLED: playgroundEnabled ? 'true' : 'false'
 }
 
 module functionApp 'modules/function-app.bicep' = {
@@ -326,6 +461,7 @@ module functionApp 'modules/function-app.bicep' = {
   dependsOn: [
     roles
     openAi
+    openAiPool
   ]
 }
 
@@ -338,6 +474,8 @@ output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output SPEECH_API_URL string = 'https://${functionApp.outputs.defaultHostName}/api/speech'
 output AZURE_OPENAI_ENDPOINT string = openAi.outputs.endpoint
 output AZURE_OPENAI_DEPLOYMENT_NAME string = openAiDeploymentName
+output AZURE_OPENAI_BACKENDS string = string(openAiBackends)
+output REALTIME_TRANSCRIPTION_MODEL string = transcriptionDeploymentName
 output AUDIO_STORAGE_ACCOUNT_NAME string = audioStorage.outputs.name
 output AUDIO_STORAGE_ACCOUNT_URL string = audioStorage.outputs.blobEndpoint
 output AUDIO_CONTAINER string = audioContainerName

@@ -136,7 +136,14 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
 
 // Settings of the Functions host and the platform. Flex Consumption takes the runtime from
 // functionAppConfig: FUNCTIONS_WORKER_RUNTIME, FUNCTIONS_EXTENSION_VERSION and similar are rejected.
+// PYTHON_ENABLE_INIT_INDEXING=1: the HTTP streams extension (FastAPI request and response types) needs it
+// on Python 3.11 and 3.12. PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true: the Python worker exports the
+// app's OpenTelemetry data to Application Insights itself (it configures the azure-monitor-opentelemetry
+// distro, with Entra auth from APPLICATIONINSIGHTS_AUTHENTICATION_STRING), so that, with host.json's
+// "telemetryMode": "OpenTelemetry", the host does not send the worker's logs a second time.
 var hostSettings = {
+  PYTHON_ENABLE_INIT_INDEXING: '1'
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   AzureWebJobsStorage__blobServiceUri: hostStorage.properties.primaryEndpoints.blob
   AzureWebJobsStorage__queueServiceUri: hostStorage.properties.primaryEndpoints.queue
   AzureWebJobsStorage__tableServiceUri: hostStorage.properties.primaryEndpoints.table

@@ -1,5 +1,6 @@
 // On an Azure OpenAI account (new or existing, in this module's resource group): the realtime model
-// deployment (optional) and the role that lets the app's identity, and optionally a developer, call it.
+// deployment and the input-transcription deployment (each optional), and the role that lets the app's
+// identity, and optionally a developer, call them.
 
 @description('Name of the Azure OpenAI / AI Services account.')
 param accountName string
@@ -22,6 +23,25 @@ param skuName string
 @description('Deployment capacity, in units of the SKU (thousands of tokens per minute for GlobalStandard).')
 @minValue(1)
 param capacity int
+
+@description('Create (or update) the input-transcription deployment; false when the account already has it.')
+param createTranscriptionDeployment bool = true
+
+@description('Name of the input-transcription deployment; on Azure the realtime session names this deployment (REALTIME_TRANSCRIPTION_MODEL), not a model.')
+param transcriptionDeploymentName string
+
+@description('Transcription model to deploy.')
+param transcriptionModelName string
+
+@description('Version of the transcription model.')
+param transcriptionModelVersion string
+
+@description('Deployment SKU of the transcription model, e.g. GlobalStandard.')
+param transcriptionSkuName string
+
+@description('Capacity of the transcription deployment, in units of its SKU.')
+@minValue(1)
+param transcriptionCapacity int
 
 @description('Principal id of the function app\'s managed identity.')
 param appPrincipalId string
@@ -59,6 +79,27 @@ resource deployment 'Microsoft.CognitiveServices/accounts/deployments@2024-10-01
     }
     versionUpgradeOption: 'OnceCurrentVersionExpired'
   }
+}
+
+// Deployments of one account are created one at a time, hence the dependency.
+resource transcription 'Microsoft.CognitiveServices/accounts/deployments@2024-10-01' = if (createTranscriptionDeployment) {
+  parent: account
+  name: transcriptionDeploymentName
+  sku: {
+    name: transcriptionSkuName
+    capacity: transcriptionCapacity
+  }
+  properties: {
+    model: {
+      format: 'OpenAI'
+      name: transcriptionModelName
+      version: transcriptionModelVersion
+    }
+    versionUpgradeOption: 'OnceCurrentVersionExpired'
+  }
+  dependsOn: [
+    deployment
+  ]
 }
 
 resource appOpenAiUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
