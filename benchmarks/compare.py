@@ -12,17 +12,20 @@ median over the rounds, with the lowest and highest round in brackets.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from devtools.stack import Stack, start_stack
 
-from . import report
+from .markdown import table
+from .records import MIB, ConcurrencyRun, LatencyRun, MemoryRun
+from .registry import LATENCY, MEMORY
 from .run import Workers, concurrency_run, export_app
-from .stats import percentile
+from .stats import median
+from .summaries import concurrency_summary, latency_summary, memory_growth
 
 SHORT_SECONDS = 10.0
 LONG_SECONDS = 600.0
@@ -47,53 +50,51 @@ class Version:
         return directory.resolve() if directory.is_dir() else export_app(self.source, work_dir / self.name)
 
 
-# Each metric: (column title, unit, how to read it from one round's results).
-Metric = tuple[str, str, Callable[[dict[str, Any]], float]]
+@dataclass(frozen=True)
+class Round:
+    """One round for one version."""
+
+    latency: LatencyRun
+    memory: list[MemoryRun]
+    concurrency: ConcurrencyRun
+
+
+def _tail_median(run: ConcurrencyRun) -> float:
+    tail = concurrency_summary(run).tail
+    return tail.median if tail else math.nan
+
+
+# Each metric: (column title, unit, how to read it from one round).
+Metric = tuple[str, str, Callable[[Round], float]]
 METRICS: tuple[Metric, ...] = (
-    (
-        "Added median, 10 s at full speed",
-        "ms",
-        lambda r: report.latency_summary(r["latency"])["added"]["median"],
-    ),
-    ("Tail after response.done", "ms", lambda r: report.latency_summary(r["latency"])["tail_signed"]),
-    (
-        "Peak RSS growth 10 s -> 10 min",
-        "MiB",
-        lambda r: report.memory_growth(r["memory"])["growth"] / report.MIB,
-    ),
-    (
-        "N sessions: added p50",
-        "ms",
-        lambda r: report.concurrency_summary(r["concurrency"])["added"]["median"],
-    ),
-    ("N sessions: added p99", "ms", lambda r: report.concurrency_summary(r["concurrency"])["added"]["p99"]),
-    ("N sessions: tail p50", "ms", lambda r: report.concurrency_summary(r["concurrency"])["tail"]["median"]),
+    ("Added median, 10 s at full speed", "ms", lambda r: latency_summary(r.latency).added.median),
+    ("Tail after response.done", "ms", lambda r: latency_summary(r.latency).tail_signed),
+    ("Peak RSS growth 10 s -> 10 min", "MiB", lambda r: memory_growth(r.memory).growth / MIB),
+    ("N sessions: added p50", "ms", lambda r: concurrency_summary(r.concurrency).added.median),
+    ("N sessions: added p99", "ms", lambda r: concurrency_summary(r.concurrency).added.p99),
+    ("N sessions: tail p50", "ms", lambda r: _tail_median(r.concurrency)),
     (
         "N sessions: worker CPU / audio s",
         "ms",
-        lambda r: report.concurrency_summary(r["concurrency"])["cpu_per_audio_second"] * 1000,
+        lambda r: concurrency_summary(r.concurrency).cpu_per_audio_second * 1000,
     ),
     (
         "N sessions: Azurite CPU / audio s",
         "ms",
-        lambda r: report.concurrency_summary(r["concurrency"])["stand_in_cpu"]["azurite"] * 1000,
+        lambda r: concurrency_summary(r.concurrency).stand_in_cpu["azurite"] * 1000,
     ),
-    ("N sessions: loop lag max, streaming", "ms", lambda r: r["concurrency"]["loop_lag_ms"]["streaming"]),
+    ("N sessions: loop lag max, streaming", "ms", lambda r: r.concurrency.loop_lag_ms.streaming),
 )
 
 
-def measure_round(
-    workers: Workers, stack: Stack, version: Version, args: argparse.Namespace
-) -> dict[str, Any]:
+def measure_round(workers: Workers, stack: Stack, version: Version, args: argparse.Namespace) -> Round:
     """One round for one version: latency, memory at two audio lengths, one concurrency burst."""
     settings = version.settings
     pids = {"emulator": stack.emulator.pid, "azurite": stack.azurite.pid}
-    return {
-        "latency": workers.run("latency", settings, seconds=SHORT_SECONDS, pairs=args.pairs),
-        "memory": [
-            workers.run("memory", settings, seconds=seconds) for seconds in (SHORT_SECONDS, LONG_SECONDS)
-        ],
-        "concurrency": concurrency_run(
+    return Round(
+        latency=workers.run(LATENCY, settings, seconds=SHORT_SECONDS, pairs=args.pairs),
+        memory=[workers.run(MEMORY, settings, seconds=seconds) for seconds in (SHORT_SECONDS, LONG_SECONDS)],
+        concurrency=concurrency_run(
             workers,
             stack,
             settings,
@@ -103,22 +104,21 @@ def measure_round(
             kind="function",
             pids=pids,
         ),
-    }
+    )
 
 
-def table(rounds: dict[str, list[dict[str, Any]]], sessions: int) -> str:
+def comparison_table(rounds: dict[str, list[Round]], sessions: int) -> str:
     header = ["Version", *(title.replace("N sessions", f"{sessions} sessions") for title, _, _ in METRICS)]
     rows = [
         [name, *(_spread([read(r) for r in results], unit) for _, unit, read in METRICS)]
         for name, results in rounds.items()
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    return table(header, rows)
 
 
 def _spread(values: Sequence[float], unit: str) -> str:
     """The median, and the range over the rounds; milliseconds from 1000 on as seconds."""
-    middle = percentile(values, 50)
+    middle = median(values)
     scale, unit, digits = (1000, "s", 2) if unit == "ms" and middle >= 1000 else (1, unit, 1)
     text = f"{middle / scale:.{digits}f} {unit}"
     if len(values) == 1:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=200, help="simultaneous sessions, paced at real time")
     args = parser.parse_args(argv)
 
-    rounds: dict[str, list[dict[str, Any]]] = {version.name: [] for version in args.versions}
+    rounds: dict[str, list[Round]] = {version.name: [] for version in args.versions}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp, start_stack(Path(tmp)) as stack:
         workers = {
             version.name: Workers(stack, version.app_root(Path(tmp)), Path(tmp) / "workers" / version.name)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             for version in args.versions:
                 print(f"round {number}: {version.name}", flush=True)
                 rounds[version.name].append(measure_round(workers[version.name], stack, version, args))
-    print(table(rounds, args.sessions))
+    print(comparison_table(rounds, args.sessions))
 
 
 if __name__ == "__main__":

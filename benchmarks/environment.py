@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from devtools.stack import REPO_ROOT
+
+from .records import ImportTime, Machine
 
 PACKAGES = (
     "openai",
@@ -28,23 +29,23 @@ PACKAGES = (
 )
 
 
-def describe(app: str) -> dict[str, Any]:
+def describe(app: str) -> Machine:
     """The machine and versions; `app` says which version of the app was measured."""
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "node": _output(["node", "--version"]),
-        "azurite": json.loads((REPO_ROOT / "node_modules/azurite/package.json").read_text())["version"],
-        "packages": {name: version(name) for name in PACKAGES},
-        "app": app,
-    }
+    return Machine(
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        cpus=os.cpu_count(),
+        cpu_model=_cpu_model(),
+        memory_gib=round(psutil.virtual_memory().total / 2**30, 1),
+        kernel=platform.release(),
+        python=platform.python_version(),
+        node=_output(["node", "--version"]),
+        azurite=json.loads((REPO_ROOT / "node_modules/azurite/package.json").read_text())["version"],
+        packages={name: version(name) for name in PACKAGES},
+        app=app,
+    )
 
 
-def import_profile(importtime_stderr: str, top: int = 10) -> list[dict[str, Any]]:
+def import_profile(importtime_stderr: str, top: int = 10) -> list[ImportTime]:
     """Self time of `python -X importtime` summed per top-level package, largest first."""
     totals: dict[str, int] = defaultdict(int)
     for line in importtime_stderr.splitlines():
@@ -53,7 +54,7 @@ def import_profile(importtime_stderr: str, top: int = 10) -> list[dict[str, Any]
         self_us, _cumulative, name = (part.strip() for part in line.removeprefix("import time:").split("|"))
         totals[name.split(".")[0]] += int(self_us)
     ranked = sorted(totals.items(), key=lambda item: item[1], reverse=True)
-    return [{"package": name, "ms": us / 1000} for name, us in ranked[:top]]
+    return [ImportTime(package=name, ms=us / 1000) for name, us in ranked[:top]]
 
 
 def _cpu_model() -> str:

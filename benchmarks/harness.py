@@ -26,6 +26,8 @@ from realtime_speech.realtime import VoiceRequest, session_config
 from realtime_speech.settings import get_settings
 from realtime_speech.wav import WAV_HEADER_BYTES
 
+from .records import TailRoundTrips
+
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 SPOKEN_TEXT = "Please read the weather report for the coast."
 RECORD_BYTES = 1200
@@ -150,7 +152,7 @@ class BlobProbe:
         )
         self._container = self._service.get_container_client(settings.audio_container)
 
-    async def tail_round_trips(self, tail_bytes: int) -> dict[str, float]:
+    async def tail_round_trips(self, tail_bytes: int) -> TailRoundTrips:
         """Milliseconds of each step; the blobs land under `bench/` in the audio container."""
         stem = f"bench/{uuid4().hex}"
         blob = self._container.get_blob_client(f"{stem}.wav")
@@ -167,12 +169,12 @@ class BlobProbe:
         recorded = time.perf_counter()
         await self._container.upload_blob(f"{stem}-whole.wav", bytes(WAV_HEADER_BYTES + tail_bytes))
         put = time.perf_counter()
-        return {
-            "stage_pair_ms": (staged - started) * 1000,
-            "commit_ms": (committed - staged) * 1000,
-            "record_ms": (recorded - committed) * 1000,
-            "put_blob_ms": (put - recorded) * 1000,
-        }
+        return TailRoundTrips(
+            stage_pair_ms=(staged - started) * 1000,
+            commit_ms=(committed - staged) * 1000,
+            record_ms=(recorded - committed) * 1000,
+            put_blob_ms=(put - recorded) * 1000,
+        )
 
     async def commit_burst(self, count: int) -> float:
         """Seconds for `count` simultaneous `Put Block List` calls, each on its own pre-staged blob: the

@@ -1,6 +1,7 @@
 """The measurements, each run in its own worker process (see `benchmarks.worker`).
 
-Every procedure returns raw samples as JSON-ready data; `benchmarks.report` summarises them.
+Each procedure is named after its benchmark (`benchmarks.registry`) and returns that benchmark's
+measurement (`benchmarks.records`); `benchmarks.summaries` makes sense of them.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import psutil
 
@@ -24,12 +24,24 @@ from .harness import (
     peak_rss_bytes,
     speech_text,
 )
+from .records import (
+    ClientKind,
+    ColdStart,
+    Concurrency,
+    Latency,
+    LatencySample,
+    LoopLagByPhase,
+    Memory,
+    PairTimes,
+    StorageBurst,
+    merge,
+)
 
 WARMUP_SECONDS = 10.0
 BYTES_PER_AUDIO_SECOND = 48_000
 
 
-async def latency(seconds: float, pairs: int) -> dict[str, Any]:
+async def latency(seconds: float, pairs: int) -> Latency:
     """The function and the bare SDK loop on the same text, alternating which goes first, with one
     replay of the function's storage tail (`BlobProbe`) after each pair."""
     function, bare, probe = SpeechFunction(), await BareRealtime.create(), BlobProbe()
@@ -46,24 +58,22 @@ async def latency(seconds: float, pairs: int) -> dict[str, Any]:
             watched = {runner: await _watched(runner, text) for runner in order}
             (fn, fn_lag), (reference, bare_lag) = watched[function], watched[bare]
             _check(fn)
-            samples.append(
-                {
-                    "function_first": function_first,
-                    "function_ms": fn.seconds * 1000,
-                    "bare_ms": reference.seconds * 1000,
-                    "timings_ms": fn.body["timings_ms"],
-                    "audio_seconds": fn.body["audio"]["duration_seconds"],
-                    "function_loop_lag_ms": fn_lag,
-                    "bare_loop_lag_ms": bare_lag,
-                    **await probe.tail_round_trips(tail_bytes),
-                }
+            pair = PairTimes(
+                function_first=function_first,
+                function_ms=fn.seconds * 1000,
+                bare_ms=reference.seconds * 1000,
+                timings_ms=fn.body["timings_ms"],
+                audio_seconds=fn.body["audio"]["duration_seconds"],
+                function_loop_lag_ms=fn_lag,
+                bare_loop_lag_ms=bare_lag,
             )
+            samples.append(merge(LatencySample, pair, await probe.tail_round_trips(tail_bytes)))
     finally:
         await asyncio.gather(function.close(), bare.close(), probe.close())
-    return {"seconds": seconds, "tail_bytes": tail_bytes, "samples": samples}
+    return Latency(seconds=seconds, tail_bytes=tail_bytes, samples=samples)
 
 
-async def memory(seconds: float) -> dict[str, Any]:
+async def memory(seconds: float) -> Memory:
     """Peak RSS after a warm-up request, then after one request with `seconds` of audio."""
     function = SpeechFunction()
     try:
@@ -74,21 +84,21 @@ async def memory(seconds: float) -> dict[str, Any]:
         peak = peak_rss_bytes()
     finally:
         await function.close()
-    return {
-        "seconds": seconds,
-        "block_size": get_settings().audio_block_size_bytes,
-        "warm_peak_rss": warm_peak,
-        "warm_rss": warm_rss,
-        "peak_rss": peak,
-        "function_ms": outcome.seconds * 1000,
-        "timings_ms": outcome.body["timings_ms"],
-        "max_loop_lag_ms": lag.max_ms(),
-    }
+    return Memory(
+        seconds=seconds,
+        block_size=get_settings().audio_block_size_bytes,
+        warm_peak_rss=warm_peak,
+        warm_rss=warm_rss,
+        peak_rss=peak,
+        function_ms=outcome.seconds * 1000,
+        timings_ms=outcome.body["timings_ms"],
+        max_loop_lag_ms=lag.max_ms(),
+    )
 
 
 async def concurrency(
-    sessions: int, seconds: float, pace: float, kind: str, pids: dict[str, int]
-) -> dict[str, Any]:
+    sessions: int, seconds: float, pace: float, kind: ClientKind, pids: dict[str, int]
+) -> Concurrency:
     """`sessions` simultaneous calls of the function (or of the bare loop), audio paced at `pace`.
 
     Loop lag is reported per phase, in seconds since the burst began: connecting (first second),
@@ -107,37 +117,37 @@ async def concurrency(
         cpu, stand_ins_after = cpu_seconds() - cpu_before, _tree_cpu_seconds(stand_ins)
     finally:
         await runner.close()
-    return {
-        "kind": kind,
-        "sessions": sessions,
-        "seconds": seconds,
-        "pace": pace,
-        "e2e_ms": [o.seconds * 1000 for o in outcomes if o.status == 200],
-        "timings_ms": [o.body["timings_ms"] for o in outcomes if "timings_ms" in o.body],
-        "failures": [o.body.get("type", "error") for o in outcomes if o.status != 200],
-        "wall_seconds": wall,
-        "cpu_seconds": cpu,
-        "stand_in_cpu_seconds": {name: stand_ins_after[name] - stand_ins_before[name] for name in stand_ins},
-        "peak_rss": peak_rss_bytes(),
-        "loop_lag_ms": {
-            "connecting": lag.max_ms(0, 1),
-            "streaming": lag.max_ms(1, seconds / pace),
-            "tail": lag.max_ms(seconds / pace),
-        },
-    }
+    return Concurrency(
+        kind=kind,
+        sessions=sessions,
+        seconds=seconds,
+        pace=pace,
+        e2e_ms=[o.seconds * 1000 for o in outcomes if o.status == 200],
+        timings_ms=[o.body["timings_ms"] for o in outcomes if "timings_ms" in o.body],
+        failures=[o.body.get("type", "error") for o in outcomes if o.status != 200],
+        wall_seconds=wall,
+        cpu_seconds=cpu,
+        stand_in_cpu_seconds={name: stand_ins_after[name] - stand_ins_before[name] for name in stand_ins},
+        peak_rss=peak_rss_bytes(),
+        loop_lag_ms=LoopLagByPhase(
+            connecting=lag.max_ms(0, 1),
+            streaming=lag.max_ms(1, seconds / pace),
+            tail=lag.max_ms(seconds / pace),
+        ),
+    )
 
 
-async def storage_burst(sessions: int, rounds: int) -> dict[str, Any]:
+async def storage_burst(sessions: int, rounds: int) -> StorageBurst:
     """`BlobProbe.commit_burst` on a fresh client (its connection pool fills in the first round)."""
     probe = BlobProbe()
     try:
         bursts = [await probe.commit_burst(sessions) for _ in range(rounds)]
     finally:
         await probe.close()
-    return {"sessions": sessions, "burst_ms": [seconds * 1000 for seconds in bursts]}
+    return StorageBurst(sessions=sessions, burst_ms=[seconds * 1000 for seconds in bursts])
 
 
-async def cold_start(seconds: float) -> dict[str, Any]:
+async def cold_start(seconds: float) -> ColdStart:
     """The first request of a fresh process (service construction, first token, container, delegation
     key, first connections), then a second one for comparison."""
     function = SpeechFunction()
@@ -147,13 +157,13 @@ async def cold_start(seconds: float) -> dict[str, Any]:
         second = await _expect_ok(function.call(speech_text(seconds)))
     finally:
         await function.close()
-    return {
-        "first_ms": first.seconds * 1000,
-        "first_done_epoch": first_done,
-        "first_timings_ms": first.body["timings_ms"],
-        "second_ms": second.seconds * 1000,
-        "second_timings_ms": second.body["timings_ms"],
-    }
+    return ColdStart(
+        first_ms=first.seconds * 1000,
+        first_done_epoch=first_done,
+        first_timings_ms=first.body["timings_ms"],
+        second_ms=second.seconds * 1000,
+        second_timings_ms=second.body["timings_ms"],
+    )
 
 
 async def _watched(runner: SpeechFunction | BareRealtime, text: str) -> tuple[Outcome, float]:

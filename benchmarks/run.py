@@ -6,7 +6,8 @@
 By default the app (`function_app.py`, `realtime_speech/`) is imported from this checkout as it is.
 `--app-ref` measures the app as committed at a git ref instead (e.g. `HEAD`, while the working tree
 is mid-change); `--app-root` imports it from DIR, e.g. a scratch copy with a proposed change.
-`--output` writes the results elsewhere (default: `benchmarks/`).
+`--output` writes the results elsewhere (default: `benchmarks/`). `--quick` measures little (small
+sizes, few repetitions): a check that everything still runs, not numbers to keep.
 """
 
 from __future__ import annotations
@@ -20,39 +21,21 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TypeVar, cast
 
 from devtools.stack import REPO_ROOT, Stack, start_stack
 
-from . import environment, report
+from . import environment, records, report
+from .records import MIB, ConcurrencyRun, Plan, Process, Results, Runs
+from .registry import COLD_START, CONCURRENCY, LATENCY, MEMORY, STORAGE_BURST, Benchmark
 
 WORKER_TIMEOUT_SECONDS = 900
-MIB = 2**20
 SETTLE_SECONDS = 2.0
 """Pause before a CPU-accounted run, so deferred work of the stand-ins (Azurite persisting its
 metadata) from the previous step is not counted."""
 APP_PATHS = ("function_app.py", "realtime_speech")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How much to measure. The default keeps `make bench` within about five minutes on two cores."""
-
-    latency_seconds: float = 10.0
-    latency_pairs: int = 30
-    long_seconds: float = 600.0
-    long_pairs: int = 3
-    memory_seconds: tuple[float, ...] = (10.0, 60.0, 300.0, 600.0)
-    block_sizes: tuple[int | None, ...] = (None, 1 * MIB, 16 * MIB)
-    """AUDIO_BLOCK_SIZE_BYTES of the memory runs; None keeps the app's default."""
-    sessions: tuple[int, ...] = (1, 50, 100, 200)
-    session_seconds: float = 10.0
-    pace: float = 1.0
-    cold_starts: int = 5
-
 
 QUICK = Plan(
     latency_pairs=4,
@@ -63,6 +46,10 @@ QUICK = Plan(
     sessions=(5, 10),
     cold_starts=1,
 )
+
+R = TypeVar("R", bound=Process)
+Counter = Callable[[], int]
+"""A count kept outside the worker (e.g. by a stand-in); a record gets how much it grew during a run."""
 
 
 class Workers:
@@ -81,13 +68,20 @@ class Workers:
         path = os.pathsep.join(dict.fromkeys([str(self._app_root), str(REPO_ROOT)]))
         return {**self._stack.host_env(settings), "PYTHONPATH": path}
 
-    def run(self, mode: str, settings: Mapping[str, str] = {}, **params: Any) -> dict[str, Any]:
-        """Run one measurement with extra app `settings`; the result carries `spawned_epoch`, the wall
-        clock just before spawning."""
+    def run(
+        self,
+        benchmark: Benchmark[R],
+        settings: Mapping[str, str] = {},
+        counters: Mapping[str, Counter] = {},
+        **params: object,
+    ) -> R:
+        """One run of `benchmark` with extra app `settings`: its record, with the wall clock just
+        before spawning and, under each name of `counters`, how much that counter grew meanwhile."""
         self._count += 1
-        out = self._work_dir / f"{self._count:03d}-{mode}.json"
+        out = self._work_dir / f"{self._count:03d}-{benchmark.name}.json"
         log_path = out.with_suffix(".log")
-        argv = [sys.executable, "-m", "benchmarks.worker", mode, json.dumps(params), str(out)]
+        argv = [sys.executable, "-m", "benchmarks.worker", benchmark.name, json.dumps(params), str(out)]
+        before = {name: count() for name, count in counters.items()}
         spawned = time.time()
         with log_path.open("wb") as log_file:
             completed = subprocess.run(
@@ -101,8 +95,12 @@ class Workers:
             )
         if completed.returncode != 0:
             tail = log_path.read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"worker {mode} {params} exited with {completed.returncode}:\n{tail}")
-        return {"spawned_epoch": spawned, **json.loads(out.read_text())}
+            raise RuntimeError(
+                f"worker {benchmark.name} {params} exited with {completed.returncode}:\n{tail}"
+            )
+        grown = {name: count() - before[name] for name, count in counters.items()}
+        measured = json.loads(out.read_text())
+        return benchmark.parse({"settings": dict(settings), "spawned_epoch": spawned, **measured, **grown})
 
     def import_profile(self) -> str:
         """`python -X importtime -c 'import function_app'` (its stderr) in a fresh process."""
@@ -117,53 +115,67 @@ class Workers:
         return completed.stderr
 
 
-def measure_all(workers: Workers, stack: Stack, plan: Plan) -> dict[str, Any]:
+def measure_all(workers: Workers, stack: Stack, plan: Plan) -> Runs:
     """Every measurement, in an order where each one starts from a quiet machine."""
-    results: dict[str, Any] = {"plan": asdict(plan)}
-    results["cold_start"] = [_step(workers, "cold_start", seconds=10.0) for _ in range(plan.cold_starts)]
-    results["import_profile"] = environment.import_profile(workers.import_profile())
-    results["latency"] = [
-        _step(workers, "latency", seconds=plan.latency_seconds, pairs=plan.latency_pairs),
-        _step(workers, "latency", seconds=plan.long_seconds, pairs=plan.long_pairs),
+    cold_start = [_step(workers, COLD_START, seconds=10.0) for _ in range(plan.cold_starts)]
+    import_profile = environment.import_profile(workers.import_profile())
+    latency = [
+        _step(workers, LATENCY, seconds=plan.latency_seconds, pairs=plan.latency_pairs),
+        _step(workers, LATENCY, seconds=plan.long_seconds, pairs=plan.long_pairs),
     ]
-    results["memory"] = [
-        _step(workers, "memory", _block_setting(block), seconds=seconds)
+    memory = [
+        _step(workers, MEMORY, _block_setting(block), seconds=seconds)
         for block in plan.block_sizes
         for seconds in plan.memory_seconds
     ]
-    results["storage_burst"] = [_step(workers, "storage_burst", sessions=n, rounds=4) for n in plan.sessions]
+    storage_burst = [_step(workers, STORAGE_BURST, sessions=n, rounds=4) for n in plan.sessions]
     pids = {"emulator": stack.emulator.pid, "azurite": stack.azurite.pid, "identity": stack.identity.pid}
-    results["concurrency"] = [
+    concurrency = [
         concurrency_run(
             workers, stack, sessions=n, seconds=plan.session_seconds, pace=plan.pace, kind=kind, pids=pids
         )
         for n in plan.sessions
         for kind in ("bare", "function")
     ]
-    return results
+    return Runs(
+        cold_start=cold_start,
+        import_profile=import_profile,
+        latency=latency,
+        memory=memory,
+        storage_burst=storage_burst,
+        concurrency=concurrency,
+    )
 
 
 def concurrency_run(
-    workers: Workers, stack: Stack, settings: Mapping[str, str] = {}, **params: Any
-) -> dict[str, Any]:
+    workers: Workers, stack: Stack, settings: Mapping[str, str] = {}, **params: object
+) -> ConcurrencyRun:
     """A concurrency run, with the number of tokens the identity endpoint issued meanwhile."""
     time.sleep(SETTLE_SECONDS)
-    issued_before = stack.identity_stats()["issued_total"]
-    run = _step(workers, "concurrency", settings, **params)
-    return {**run, "tokens_issued": stack.identity_stats()["issued_total"] - issued_before}
+    return _step(workers, CONCURRENCY, settings, {"tokens_issued": lambda: _tokens_issued(stack)}, **params)
+
+
+def _tokens_issued(stack: Stack) -> int:
+    return cast(int, stack.identity_stats()["issued_total"])
 
 
 def _block_setting(block_size: int | None) -> dict[str, str]:
     return {} if block_size is None else {"AUDIO_BLOCK_SIZE_BYTES": str(block_size)}
 
 
-def _step(workers: Workers, mode: str, settings: Mapping[str, str] = {}, **params: Any) -> dict[str, Any]:
-    """One worker run; the result records the extra settings it ran with."""
+def _step(
+    workers: Workers,
+    benchmark: Benchmark[R],
+    settings: Mapping[str, str] = {},
+    counters: Mapping[str, Counter] = {},
+    **params: object,
+) -> R:
+    """One worker run, and a line saying how long it took."""
     started = time.perf_counter()
-    result = workers.run(mode, settings, **params)
+    record = workers.run(benchmark, settings, counters, **params)
     shown = {**settings, **{k: v for k, v in params.items() if k != "pids"}}
-    print(f"  {mode} {shown}: {time.perf_counter() - started:.1f} s", flush=True)
-    return {"settings": dict(settings), **result}
+    print(f"  {benchmark.name} {shown}: {time.perf_counter() - started:.1f} s", flush=True)
+    return record
 
 
 def export_app(ref: str, into: Path) -> Path:
@@ -198,10 +210,13 @@ def main(argv: list[str] | None = None) -> None:
             label = environment.checkout_label(app_root, APP_PATHS)
         print(f"stand-ins ready; measuring the app at {label}", flush=True)
         workers = Workers(stack, app_root, Path(tmp) / "workers")
-        results = {"machine": environment.describe(label), **measure_all(workers, stack, plan)}
-    results["runtime_seconds"] = time.perf_counter() - started
+        machine = environment.describe(label)
+        runs = measure_all(workers, stack, plan)
+    results = records.merge(
+        Results, runs, machine=machine, plan=plan, runtime_seconds=time.perf_counter() - started
+    )
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.output / "results.json").write_text(records.dump(results))
     print(report.write(results, args.output))
 
 
