@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench infra-check clean
+.PHONY: setup demo run test lint bench infra-check clean
 
 IAC_VENV := .devstate/iac-venv
 
@@ -25,6 +25,9 @@ $(IAC_VENV)/.installed: infra/requirements-iac.txt | $(VENV)/.installed
 
 demo: setup
 	$(PY) -m devtools.demo
+
+run: setup
+	$(PY) -m devtools.run
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,16 +1,26 @@
-"""Local stand-in for the Functions host (`func start`) serving a `func.FunctionApp`'s HTTP functions.
+"""Local stand-in for the Functions host (`func start`) serving a `func.FunctionApp`'s HTTP functions
+the way the Python worker does with the HTTP streams extension (`azurefunctions-extensions-http-fastapi`).
 
     python -m devtools.devhost [--port 7071] [--host 127.0.0.1] [--app function_app]
                                [--settings local.settings.json]
 
-Functions are discovered as the Python worker does (`app.get_functions()`) and served at
-`/<routePrefix>/<route>` (`extensions.http.routePrefix` from `host.json` in the current directory,
-default `api`). Route templates follow the host's syntax: `items/{id}`, `{id:int}`, `{id?}`,
-`{id=default}`, `{*rest}`; literals match case-insensitively and literal segments take precedence over
-parameters. Each request becomes a real `func.HttpRequest`; sync functions run in a worker thread, async
-ones on the host's event loop; the returned `func.HttpResponse` (or `str`) is sent back with its status,
-every header value, the worker's content type rule (`mimetype`, plus `charset` for `text/*`) and its
-body bytes.
+The worker runs a FastAPI app with one catch-all route under uvicorn and hands each request to the
+function as a FastAPI/Starlette `Request`; so does this host (`asgi_app()` builds that ASGI app, also
+used in process by `devtools.driver`). Functions are discovered as the worker does
+(`app.get_functions()`) and served at `/<routePrefix>/<route>` (`extensions.http.routePrefix` from
+`host.json` in the current directory, default `api`). Route templates follow the host's syntax:
+`items/{id}`, `{id:int}`, `{id?}`, `{id=default}`, `{*rest}`; literals match case-insensitively and
+literal segments take precedence over parameters. The matched route params are put into
+`request.path_params` by the extension's own `RequestSynchronizer`. Async functions run on the
+host's event loop, sync ones in a worker thread. What a function returns goes back to FastAPI as the
+worker's catch-all returns it: a Response (`JSONResponse`, `StreamingResponse`...) is sent as is, a
+`StreamingResponse` chunk by chunk as its iterator yields them; anything else is encoded by FastAPI
+(JSON).
+
+A client that disconnects reaches the function: uvicorn reports `http.disconnect`, Starlette's
+`StreamingResponse` is listening for it and cancels the stream, so an async generator behind it gets
+`CancelledError` at the `await` it is suspended in (one suspended at a `yield` is closed when it is
+garbage-collected instead). The real host proxies to the worker's uvicorn the same way.
 
 Settings: the `Values` of `local.settings.json` (when the file exists) are copied into `os.environ`
 before aiohttp and the app are imported. A variable already set in the environment wins over the file,
@@ -20,21 +30,25 @@ Not emulated:
 - Keys: FUNCTION and ADMIN auth levels are not enforced locally (as with Core Tools), so bind to
   loopback only.
 - Non-HTTP triggers (listed and skipped), bindings other than the HTTP trigger and its `$return`
-  output, and the `context` argument.
+  output, and the `context` argument; the old `func.HttpRequest`/`func.HttpResponse` model (the app
+  uses the streams extension throughout).
 - A known route with a method it does not declare gets 405 with `Allow`; the real host answers 404
   (azure-functions-host#10098).
-- A function that raises gets 500 with a short plain-text body; the traceback goes only to this host's
-  log, as with the real host.
+- The request body is read whole (at most 100 MiB, else 413, as the host's limit) before the function
+  runs; the function still reads it through `Request` (`body()`, `json()`, `stream()`).
 
-One access-log line per request (method, path without the query string, which may carry SAS tokens or
-keys, status, milliseconds). SIGINT/SIGTERM stop accepting connections and wait up to 60 s for requests
-in flight.
+A function that raises gets 500 with a short plain-text body; the traceback goes only to this host's
+log, as with the real host. One access-log line per request, written when the response has been sent
+(for a stream, when it ends): method, path without the query string (it may carry SAS tokens or
+keys), status, milliseconds. SIGINT/SIGTERM stop accepting connections, wait up to 60 s for requests
+in flight (streams included), then exit with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import inspect
 import json
@@ -42,27 +56,34 @@ import logging
 import os
 import re
 import signal
+import socket
 import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from types import FrameType
+from typing import Any
+from urllib.parse import quote, unquote
 
 import azure.functions as func
+import uvicorn
 from azure.functions.decorators.http import HttpTrigger
-
-if TYPE_CHECKING:  # imported at run time only after the settings are loaded, see main()
-    from aiohttp import web
-    from multidict import MultiMapping
+from azurefunctions.extensions.http.fastapi import Request, RequestSynchronizer
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("devhost")
 access_log = logging.getLogger("devhost.access")
 
 DEFAULT_ROUTE_PREFIX = "api"
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the Functions host's request length limit
-# The host frames the response itself; a function's own framing headers would contradict it.
-FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+SHUTDOWN_GRACE_SECONDS = 60
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The methods of the extension's catch-all route (azurefunctions.extensions.http.fastapi.WebApp).
+CATCH_ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"]
 
 _PARAM = re.compile(r"\{([^{}]+)\}")
 _TOKEN = re.compile(
@@ -81,7 +102,7 @@ _CONSTRAINTS = {
 # Precedence rank of a route segment, lower wins (as in ASP.NET Core routing).
 _LITERAL, _CONSTRAINED, _PLAIN, _OPTIONAL, _CATCH_ALL = range(5)
 
-Reply = tuple[int, list[tuple[str, str]], bytes]
+_INDEXED: weakref.WeakKeyDictionary[func.FunctionApp, list[func.Function]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -207,10 +228,18 @@ def load_app(app_ref: str) -> func.FunctionApp:
     return app
 
 
+def indexed_functions(app: func.FunctionApp) -> list[func.Function]:
+    """`app.get_functions()`, called once per app as the worker does: a second call fails on the app's
+    own duplicate-name check, and a process may build several ASGI apps (drivers) from one app."""
+    if app not in _INDEXED:
+        _INDEXED[app] = app.get_functions()
+    return _INDEXED[app]
+
+
 def http_routes(app: func.FunctionApp, route_prefix: str) -> list[Route]:
     """The app's HTTP functions, most specific route first."""
     routes = []
-    for function in app.get_functions():
+    for function in indexed_functions(app):
         trigger = function.get_trigger()
         if not isinstance(trigger, HttpTrigger):
             log.warning("Skipping %s: only HTTP functions are served", function.get_function_name())
@@ -248,83 +277,181 @@ def resolve(
     return frozenset(allowed)
 
 
-def to_reply(result: Any) -> Reply:
-    """Status, headers and body of a function's result, as the Python worker encodes them."""
-    if isinstance(result, str):
-        return 200, [("Content-Type", "text/plain; charset=utf-8")], result.encode()
-    if not isinstance(result, func.HttpResponse):
-        raise TypeError(f"expected func.HttpResponse or str, got {type(result).__name__}")
-    headers = [(k, v) for k, v in result.headers.items() if k.lower() not in FRAMING_HEADERS]
-    if not any(k.lower() == "content-type" for k, _ in headers):
-        headers.append(("Content-Type", _content_type(result)))
-    return result.status_code, headers, result.get_body()
+# --- the worker's side: FastAPI catch-all, one function per request ----------------------------------
+
+_SYNCHRONIZER = RequestSynchronizer()
 
 
-def _content_type(response: func.HttpResponse) -> str:
-    if response.mimetype.startswith("text/"):
-        return f"{response.mimetype}; charset={response.charset}"
-    return response.mimetype
+def _plain(status: int, headers: Mapping[str, str] | None = None) -> PlainTextResponse:
+    """A short plain-text answer of the host's own: the status phrase."""
+    return PlainTextResponse(HTTPStatus(status).phrase, status, headers)
 
 
-def _plain(status: int, text: str, headers: Sequence[tuple[str, str]] = ()) -> Reply:
-    return status, [*headers, ("Content-Type", "text/plain; charset=utf-8")], text.encode()
+def _raw_path(scope: Scope) -> str:
+    """The request path as sent (percent-encoded, no query string)."""
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else quote(scope["path"])
 
 
-def _joined(values: MultiMapping[str], separator: str) -> dict[str, str]:
-    """A multidict as a plain dict, repeated keys joined."""
-    return {key: separator.join(values.getall(key)) for key in values}
-
-
-async def build_request(request: web.Request, route_params: Mapping[str, str]) -> func.HttpRequest:
-    return func.HttpRequest(
-        method=request.method,
-        url=str(request.url),
-        headers=_joined(request.headers, ", "),
-        params=_joined(request.query, ","),
-        route_params=route_params,
-        body=await request.read(),
-    )
-
-
-async def invoke(route: Route, req: func.HttpRequest) -> Reply:
-    """Run the function; any failure becomes a 500 whose details stay in the log."""
+async def invoke(route: Route, request: Request, route_params: Mapping[str, str]) -> Any:
+    """Call the function as the worker does; a failure becomes a 500 whose details stay in the log."""
+    _SYNCHRONIZER.sync_route_params(request, dict(route_params))
     try:
         if inspect.iscoroutinefunction(route.handler):
-            result = await route.handler(**{route.arg_name: req})
-        else:
-            result = await asyncio.to_thread(route.handler, **{route.arg_name: req})
-        return to_reply(result)
+            return await route.handler(**{route.arg_name: request})
+        return await asyncio.to_thread(route.handler, **{route.arg_name: request})
     except Exception:
         log.exception("Executed 'Functions.%s' (Failed)", route.name)
-        return _plain(500, "Internal Server Error")
+        return _plain(500)
 
 
-async def respond(routes: Sequence[Route], request: web.Request) -> Reply:
-    found = resolve(routes, request.method, request.rel_url.raw_path)
+async def dispatch(routes: Sequence[Route], request: Request) -> Any:
+    """The function's result for this request, or the host's 404/405."""
+    found = resolve(routes, request.method, _raw_path(request.scope))
     if isinstance(found, tuple):
         route, params = found
-        return await invoke(route, await build_request(request, params))
+        return await invoke(route, request, params)
     if found:
-        return _plain(405, "Method Not Allowed", [("Allow", ", ".join(sorted(found)))])
-    return _plain(404, "Not Found")
+        return _plain(405, {"Allow": ", ".join(sorted(found))})
+    return _plain(404)
 
 
-def create_app(routes: Sequence[Route]) -> web.Application:
-    from aiohttp import web
+# --- the host's side: request length limit, access log ----------------------------------------------
 
-    async def handle(request: web.Request) -> web.Response:
-        started = time.perf_counter()
+
+class RequestTooLarge(Exception):
+    """The request body is over the host's limit."""
+
+
+@dataclass
+class Exchange:
+    """One request as the access log sees it."""
+
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    status: int | None = None
+    complete: bool = False
+    client_left: bool = False
+    failed: bool = False
+
+    def watch_receive(self, receive: Receive) -> Receive:
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not self.complete:
+                self.client_left = True
+            return message
+
+        return watched
+
+    def watch_send(self, send: Send) -> Send:
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.complete = True
+            await send(message)
+
+        return watched
+
+    def log(self) -> None:
+        elapsed_ms = (time.perf_counter() - self.started) * 1000
+        status = "-" if self.status is None else str(self.status)
+        note = " (failed)" if self.failed else " (client disconnected)" if self.client_left else ""
+        access_log.info("%s %s %s %.1fms%s", self.method, self.path, status, elapsed_ms, note)
+
+
+class HostFrontEnd:
+    """What the Functions host does around the worker: refuse bodies over the limit (413), log each
+    request once its response has been sent."""
+
+    def __init__(self, app: ASGIApp, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+        self.app = app
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan
+            await self.app(scope, receive, send)
+            return
+        exchange = Exchange(scope["method"], _raw_path(scope))
         try:
-            status, headers, body = await respond(routes, request)
-        except web.HTTPException as error:  # raised by aiohttp itself, e.g. 413 from request.read()
-            status, headers, body = _plain(error.status, error.reason)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        access_log.info("%s %s %d %.1fms", request.method, request.rel_url.raw_path, status, elapsed_ms)
-        return web.Response(status=status, headers=headers, body=body)
+            await self._handle(scope, exchange.watch_receive(receive), exchange.watch_send(send))
+        except Exception:
+            exchange.failed = True
+            raise
+        finally:
+            exchange.log()
 
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-    app.router.add_route("*", "/{path:.*}", handle)
-    return app
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _declared_length(scope) > self.max_request_bytes:
+            await _plain(413)(scope, receive, send)
+            return
+        try:
+            body = await _read_body(receive, self.max_request_bytes)
+        except RequestTooLarge:
+            await _plain(413)(scope, receive, send)
+            return
+        if body is not None:  # None: the client left before it sent the whole request
+            await self.app(scope, _replay(body, receive), send)
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return 0
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` that gives the body read up front, then what the server sends (`http.disconnect`)."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def _asgi_app(routes: Sequence[Route], max_request_bytes: int) -> ASGIApp:
+    # The worker's app: FastAPI with one catch-all route (see the extension's WebApp.route); without
+    # FastAPI's /docs and /openapi.json, which the host never forwards to the worker.
+    web_app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @web_app.api_route("/{path:path}", methods=CATCH_ALL_METHODS, response_model=None)
+    async def catch_all(request: Request) -> Any:
+        return await dispatch(routes, request)
+
+    return HostFrontEnd(web_app, max_request_bytes)
+
+
+def asgi_app(
+    app: func.FunctionApp,
+    route_prefix: str = DEFAULT_ROUTE_PREFIX,
+    *,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> ASGIApp:
+    """The ASGI app serving `app`'s HTTP functions under `/<route_prefix>/` as host and worker do:
+    routing, 404/405, route params, 500 on failure, the body limit (413) and the access log."""
+    return _asgi_app(http_routes(app, route_prefix), max_request_bytes)
+
+
+# --- the server ---------------------------------------------------------------------------------------
 
 
 def announce(routes: Sequence[Route], base_url: str) -> None:
@@ -335,28 +462,49 @@ def announce(routes: Sequence[Route], base_url: str) -> None:
     print(f"Dev host listening on {base_url} (Ctrl+C to stop)", flush=True)
 
 
+class DevServer(uvicorn.Server):
+    """uvicorn's server that announces the functions once it listens and ends with status 0 on
+    SIGINT/SIGTERM (uvicorn itself re-raises the signal once it has shut down)."""
+
+    def __init__(self, config: uvicorn.Config, routes: Sequence[Route]) -> None:
+        super().__init__(config)
+        self.routes = routes
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            announce(self.routes, f"http://{self.config.host}:{port}")
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info("Stopping: waiting up to %d s for requests in flight", SHUTDOWN_GRACE_SECONDS)
+        super().handle_exit(sig, frame)  # a second SIGINT forces the exit
+
+
 async def serve(args: argparse.Namespace) -> None:
-    from aiohttp import web
-
     routes = http_routes(load_app(args.app), read_route_prefix(Path("host.json")))
-    runner = web.AppRunner(create_app(routes), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, args.host, args.port).start()
-        announce(routes, f"http://{args.host}:{runner.addresses[0][1]}")
-        await _until_signalled()
-        log.info("Stopping: waiting for requests in flight")
-    finally:
-        await runner.cleanup()
+    config = uvicorn.Config(
+        _asgi_app(routes, MAX_REQUEST_BYTES),
+        host=args.host,
+        port=args.port,
+        log_config=None,  # keep this process's logging setup
+        access_log=False,  # HostFrontEnd writes one line per request, without the query string
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
+    await DevServer(config, routes).serve()
     log.info("Stopped")
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

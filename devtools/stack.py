@@ -7,9 +7,10 @@ The one place tests, `make demo` and the benchmarks get their processes from:
         ...
         stack.azurite.restart()                         # outage drill: same port, same data
 
-Every service is a real subprocess in its own process group, listening on 127.0.0.1 on a free port,
-logging to `<state_dir>/logs/<name>.log`. `Stack.close()` (or leaving the `with` block) stops all of
-them, even after errors; an `atexit` hook catches whatever a crashed caller left behind.
+Every service is a real subprocess in its own process group, listening on 127.0.0.1 on a free port
+(or on the fixed ports of a `StackPorts`, as `devtools.run` does), logging to
+`<state_dir>/logs/<name>.log`. `Stack.close()` (or leaving the `with` block) stops all of them, even
+after errors; an `atexit` hook catches whatever a crashed caller left behind.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -51,6 +53,15 @@ AMBIENT_SETTING_PREFIXES = ("AZURE_", "AUDIO_", "REALTIME_", "IDENTITY_", "MSI_"
 log = logging.getLogger("devtools.stack")
 
 
+@dataclass(frozen=True)
+class StackPorts:
+    """Fixed ports for the stand-ins; None picks a free one (the default for each)."""
+
+    identity: int | None = None
+    azurite: int | None = None
+    emulator: int | None = None
+
+
 def azurite_probe(ca_file: Path) -> Probe:
     return lambda service: azurite.is_ready(service.host, service.port, ca_file)
 
@@ -63,7 +74,9 @@ class Stack:
 
     `with_emulator=False` leaves the realtime emulator out (storage and identity only).
     `azurite_in_memory=False` keeps blobs under the state dir, so `azurite.restart()` behaves like a
-    storage outage (data survives) rather than a wipe.
+    storage outage (data survives) rather than a wipe. `ports` fixes the stand-ins' ports and
+    `identity_header` the identity endpoint's secret (random by default), so that settings written down
+    once (a `local.settings.json`) stay valid across runs.
     """
 
     def __init__(
@@ -75,6 +88,8 @@ class Stack:
         emulator_tls: bool = False,
         azurite_in_memory: bool = False,
         token_lifetime: int = 3600,
+        ports: StackPorts = StackPorts(),
+        identity_header: str | None = None,
     ) -> None:
         self.state_dir = (state_dir or DEFAULT_STATE_DIR).resolve()
         self.log_dir = self.state_dir / "logs"
@@ -83,8 +98,9 @@ class Stack:
         self.emulator_tls = emulator_tls
         self.azurite_in_memory = azurite_in_memory
         self.token_lifetime = token_lifetime
+        self.ports = ports
 
-        self.identity_header = secrets.token_urlsafe(24)
+        self.identity_header = identity_header or secrets.token_urlsafe(24)
         self.emulator_api_key = secrets.token_urlsafe(24)
         self.tenant_id = str(uuid.uuid4())
         self.object_id = str(uuid.uuid4())
@@ -291,7 +307,7 @@ class Stack:
             *("--tenant-id", self.tenant_id, "--object-id", self.object_id, "--client-id", self.client_id),
             *("--token-lifetime", str(self.token_lifetime)),
         ]
-        self._identity = self._service("identity", argv, http_probe("/health"))
+        self._identity = self._service("identity", argv, http_probe("/health"), port=self.ports.identity)
         return self._identity
 
     def _make_azurite(self, certs: DevCerts) -> ServiceProcess:
@@ -300,7 +316,9 @@ class Stack:
             location = self.state_dir / "azurite"
             location.mkdir(parents=True, exist_ok=True)
         argv = azurite.azurite_argv(PORT_PLACEHOLDER, certs, host=LOOPBACK, location=location)
-        self._azurite = self._service("azurite", argv, azurite_probe(certs.ca_file), scheme="https")
+        self._azurite = self._service(
+            "azurite", argv, azurite_probe(certs.ca_file), scheme="https", port=self.ports.azurite
+        )
         return self._azurite
 
     def _make_emulator(self, certs: DevCerts) -> ServiceProcess:
@@ -315,14 +333,18 @@ class Stack:
             argv += ["--tls-port", str(self.emulator_tls_port)]
             argv += ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
         argv += self.emulator_args
-        self.emulator = self._service("emulator", argv, http_probe("/_emulator/health"))
+        self.emulator = self._service(
+            "emulator", argv, http_probe("/_emulator/health"), port=self.ports.emulator
+        )
         return self.emulator
 
     def _service(
-        self, name: str, argv: Sequence[str], probe: Probe, *, scheme: str = "http"
+        self, name: str, argv: Sequence[str], probe: Probe, *, scheme: str = "http", port: int | None = None
     ) -> ServiceProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return ServiceProcess(name, argv, probe=probe, log_dir=self.log_dir, scheme=scheme, env=env)
+        return ServiceProcess(
+            name, argv, probe=probe, log_dir=self.log_dir, port=port, scheme=scheme, env=env
+        )
 
     @staticmethod
     def _require(service: ServiceProcess | None, what: str) -> ServiceProcess:

@@ -4,7 +4,8 @@
 
 Run by `tests/test_load.py` with the stack's app settings in the environment from the start, as the
 Functions host runs the app (`SSL_CERT_FILE` must be set before aiohttp is imported). Each request
-is a `func.HttpRequest` handed to `function_app`'s `speech` function. The mix: good requests, pairs
+goes through `devtools.driver.FunctionDriver`: the dev host's ASGI app in process (routing, the
+extension's Request, the function's Response), with no socket. The mix: good requests, pairs
 that share an `Idempotency-Key`, scripted model faults, a few stalls past the deadline and bad
 bodies; half-way, the emulator refuses a few handshakes (fewer than the connection attempts, so
 retries absorb them). Every answer is checked (good ones byte for byte against the emulator's own
@@ -34,10 +35,10 @@ from urllib.parse import urlsplit
 from uuid import uuid4
 
 import aiohttp
-import azure.functions as func
+import httpx
 import psutil
 
-from function_app import app
+from devtools.driver import FunctionDriver
 from realtime_speech.errors import PROBLEM_TYPE_BASE
 from realtime_speech.http import speech_service
 from realtime_speech.models import MAX_BODY_BYTES
@@ -83,17 +84,6 @@ EXPECTED = {  # kind -> (status, problem code or None)
     "not_json": (415, "unsupported-media-type"),
     "too_large": (413, "payload-too-large"),
 }
-OPENS_A_SESSION = {
-    "good",
-    "keyed",
-    "incomplete",
-    "error_mid",
-    "drop",
-    "failed",
-    "cancelled",
-    "rate_limit",
-    "stall",
-}
 DIRECTIVES = {
     "error_mid": "[[emulator:error_mid]]",
     "drop": "[[emulator:drop]]",
@@ -113,7 +103,7 @@ class Case:
     text: str
     body: bytes
     headers: dict[str, str]
-    response: func.HttpResponse | None = None
+    response: httpx.Response | None = None
     seconds: float = 0.0
 
     @property
@@ -123,7 +113,11 @@ class Case:
     @property
     def answer(self) -> dict[str, Any]:
         """The response body, parsed when asked (the worker keeps only the response while it runs)."""
-        return json.loads(self.response.get_body()) if self.response else {}
+        return self.response.json() if self.response else {}
+
+    @property
+    def media_type(self) -> str:
+        return self.response.headers.get("content-type", "").split(";")[0].strip() if self.response else ""
 
 
 def plan(requests: int) -> list[Case]:
@@ -147,19 +141,13 @@ def plan(requests: int) -> list[Case]:
     return cases
 
 
-def speech_function() -> Any:
-    """`function_app`'s `speech` function as the worker would call it."""
-    return next(f.get_user_function() for f in app.get_functions() if f.get_function_name() == "speech")
-
-
-async def call(speech: Any, case: Case) -> None:
-    request = func.HttpRequest("POST", "http://localhost/api/speech", headers=case.headers, body=case.body)
+async def call(driver: FunctionDriver, case: Case) -> None:
     started = time.perf_counter()
-    case.response = await speech(request)
+    case.response = await driver.post_speech(content=case.body, headers=case.headers)
     case.seconds = time.perf_counter() - started
 
 
-async def run_all(speech: Any, cases: list[Case], concurrency: int) -> None:
+async def run_all(driver: FunctionDriver, cases: list[Case], concurrency: int) -> None:
     """`concurrency` workers take the cases in order."""
     queue: asyncio.Queue[Case] = asyncio.Queue()
     for case in cases:
@@ -167,7 +155,7 @@ async def run_all(speech: Any, cases: list[Case], concurrency: int) -> None:
 
     async def worker() -> None:
         while not queue.empty():
-            await call(speech, queue.get_nowait())
+            await call(driver, queue.get_nowait())
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -179,7 +167,7 @@ def check_status(case: Case) -> list[str]:
         problems.append(f"#{case.index} {case.kind}: status {case.status}, expected {status}: {case.answer}")
     elif code is not None:
         problem_type = case.answer.get("type")
-        if case.response.mimetype != "application/problem+json" or problem_type != PROBLEM_TYPE_BASE + code:
+        if case.media_type != "application/problem+json" or problem_type != PROBLEM_TYPE_BASE + code:
             problems.append(f"#{case.index} {case.kind}: not a {code} problem: {case.answer}")
         if status in (429, 503) and "Retry-After" not in case.response.headers:
             problems.append(f"#{case.index} {case.kind}: no Retry-After")
@@ -253,7 +241,6 @@ def memory(process: psutil.Process) -> dict[str, float]:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     process = psutil.Process()
-    speech = speech_function()
     cases = plan(args.requests)
     warmup = 4 * args.concurrency
     middle = (warmup + len(cases)) // 2
@@ -266,16 +253,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     report["tasks_before"] = len(asyncio.all_tasks())
     report["sockets_before"] = sockets_by_peer(process, peers)
     report["memory"] = {"start": memory(process)}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as control:
+    driver = FunctionDriver()
+    async with driver, aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as control:
         stats_before = await emulator(control, "GET", "/_emulator/stats")
         started = time.perf_counter()
-        await run_all(speech, cases[:warmup], args.concurrency)
+        await run_all(driver, cases[:warmup], args.concurrency)
         report["memory"]["after_warmup"] = memory(process)
         refusal = {"status": 503, "count": HANDSHAKE_REFUSALS, "retry_after": 0}
         await emulator(control, "POST", "/_emulator/handshake-faults", json=refusal)
-        await run_all(speech, cases[warmup:middle], args.concurrency)
+        await run_all(driver, cases[warmup:middle], args.concurrency)
         report["memory"]["middle"] = memory(process)
-        await run_all(speech, cases[middle:], args.concurrency)
+        await run_all(driver, cases[middle:], args.concurrency)
         report["seconds"] = round(time.perf_counter() - started, 1)
         await asyncio.sleep(0.5)  # let connection closes settle before counting
         report["tasks_after"] = len(asyncio.all_tasks())

@@ -1,4 +1,5 @@
-"""The dev host: pure parts in process, the HTTP behaviour through a real subprocess and real sockets."""
+"""The dev host: pure parts and the in-process driver without sockets, the HTTP behaviour (streams and
+disconnects included) through a real subprocess and real sockets."""
 
 import asyncio
 import json
@@ -7,16 +8,23 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import azure.functions as func
+import httpx
+import psutil
 import pytest
+from azurefunctions.extensions.http.fastapi import Request, Response
 
-from devtools import devhost
-from tests.devhost_sample_app import BINARY_BODY
+from devtools import devhost, run
+from devtools.driver import FunctionDriver
+from devtools.process import free_port
+from tests import devhost_sample_app as sample
+from tests.devhost_sample_app import BINARY_BODY, FIRST_EVENT, LAST_EVENT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_APP = "tests.devhost_sample_app"
@@ -69,12 +77,12 @@ def _things_app() -> func.FunctionApp:
     app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
     @app.route(route="things/{id}", methods=["GET"])
-    def get_thing(req: func.HttpRequest) -> str:
-        return "thing"
+    async def get_thing(req: Request) -> Response:
+        return Response("thing")
 
     @app.route(route="things/new", methods=["POST"])
-    def new_thing(req: func.HttpRequest) -> str:
-        return "new"
+    async def new_thing(req: Request) -> Response:
+        return Response("new")
 
     return app
 
@@ -116,31 +124,70 @@ def test_missing_settings_file_is_fine(tmp_path: Path) -> None:
     assert environ == {}
 
 
+@pytest.mark.parametrize("module", ["devtools.devhost", "devtools.driver"])
+def test_importing_the_module_does_not_import_aiohttp_or_the_app(module: str) -> None:
+    """aiohttp reads SSL_CERT_FILE at first import, so only main() (or a driver being made) may import
+    it and the app, after the settings."""
+    probe = f"import sys, {module}; sys.exit('aiohttp' in sys.modules or 'function_app' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, timeout=TIMEOUT).returncode == 0
+
+
+# --- in process: the driver and the ASGI app --------------------------------------------------------
+
+
+async def test_driver_posts_speech_as_json_under_the_route_prefix() -> None:
+    async with FunctionDriver(sample.app) as driver:
+        response = await driver.post_speech({"text": "hi"}, headers={"Idempotency-Key": "k1"})
+    assert driver.speech_path == "/api/speech"
+    assert (response.status_code, response.headers["content-type"]) == (202, "application/json")
+    assert response.json() == {"received": {"text": "hi"}, "key": "k1"}
+
+
+async def test_driver_goes_through_the_hosts_routing_and_error_handling() -> None:
+    async with FunctionDriver(sample.app, route_prefix="v1") as driver:
+        echoed = await driver.request("PUT", "/v1/echo/w/a?x=1", content=b"raw")
+        missing = await driver.request("GET", "/api/hello")
+        failed = await driver.request("GET", "/v1/fail")
+        raw_body = await driver.post_speech(content=b"{}", headers={"Content-Type": "application/json"})
+    assert echoed.json()["route_params"] == {"kind": "w", "rest": "a"}
+    assert echoed.json()["body"] == "raw"
+    assert missing.status_code == 404
+    assert (failed.status_code, failed.text) == (500, "Internal Server Error")
+    assert raw_body.json()["received"] == {}
+
+
+async def test_driver_gets_a_stream_whole() -> None:
+    async with FunctionDriver(sample.app) as driver:
+        started = asyncio.create_task(driver.request("GET", "/api/stream/in-process"))
+        await asyncio.sleep(0.05)
+        assert not started.done()  # the stream has not ended, so the response is not handed over yet
+        await driver.request("POST", "/api/release/in-process")
+        response = await started
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == FIRST_EVENT + LAST_EVENT
+
+
+async def _chunks(total: int, size: int = 7) -> AsyncIterator[bytes]:
+    for start in range(0, total, size):
+        yield b"x" * min(size, total - start)
+
+
 @pytest.mark.parametrize(
-    ("response", "content_type"),
+    ("body", "status"),
     [
-        ("text", "text/plain; charset=utf-8"),
-        (func.HttpResponse("x"), "text/plain; charset=utf-8"),
-        (func.HttpResponse("x", mimetype="text/html", charset="latin-1"), "text/html; charset=latin-1"),
-        (func.HttpResponse("{}", mimetype="application/json"), "application/json"),
-        (func.HttpResponse("x", headers={"content-type": "application/x-custom"}), "application/x-custom"),
+        (b"x" * 64, 200),
+        (b"x" * 65, 413),  # declared by Content-Length
+        (_chunks(64), 200),
+        (_chunks(65), 413),  # chunked: counted while it is read
     ],
 )
-def test_content_type_follows_the_worker(response: func.HttpResponse | str, content_type: str) -> None:
-    _, headers, _ = devhost.to_reply(response)
-    assert [v for k, v in headers if k.lower() == "content-type"] == [content_type]
-
-
-def test_framing_headers_are_left_to_the_host() -> None:
-    _, headers, body = devhost.to_reply(func.HttpResponse(b"abc", headers={"Content-Length": "99"}))
-    assert body == b"abc"
-    assert all(k.lower() != "content-length" for k, _ in headers)
-
-
-def test_importing_the_module_does_not_import_aiohttp() -> None:
-    """aiohttp reads SSL_CERT_FILE at first import, so only main() may import it, after the settings."""
-    probe = "import sys, devtools.devhost; sys.exit('aiohttp' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, timeout=TIMEOUT).returncode == 0
+async def test_request_body_over_the_limit_is_413(body: bytes | AsyncIterator[bytes], status: int) -> None:
+    app = devhost.asgi_app(sample.app, "api", max_request_bytes=64)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://host") as client:
+        response = await client.post("/api/echo/big", content=body)
+    assert response.status_code == status
+    if status == 413:
+        assert response.text == "Request Entity Too Large"
 
 
 # --- the dev host as a subprocess ---------------------------------------------------------------
@@ -152,6 +199,11 @@ class DevHost:
     base_url: str
     banner: list[str]
     log_path: Path
+
+    @property
+    def address(self) -> tuple[str, int]:
+        url = httpx.URL(self.base_url)
+        return url.host, url.port or 80
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -243,26 +295,29 @@ async def test_request_passes_through_faithfully(
         echoed = await response.json()
 
     assert echoed["method"] == method
-    assert echoed["url"] == host.base_url + path_and_query
+    # Starlette builds request.url from the decoded path; the query string stays as sent.
+    assert echoed["url"] == host.base_url + "/api/echo/widgets/a/b c?x=1&note=two%20words"
     assert echoed["params"] == {"x": "1", "note": "two words"}
     assert echoed["route_params"] == {"kind": "widgets", "rest": "a/b c"}
     assert echoed["headers"]["x-trace"] == "abc"
     assert echoed["headers"]["content-type"] == "application/json"
     assert echoed["body"] == body.decode()
-    assert echoed["on_main_thread"] is False  # sync functions run in a worker thread
 
 
-async def test_async_function_runs_on_the_event_loop(client: aiohttp.ClientSession) -> None:
-    async with client.get("/api/async") as response:
+@pytest.mark.parametrize(("path", "on_main_thread"), [("/api/async", True), ("/api/sync", False)])
+async def test_async_functions_run_on_the_event_loop_sync_ones_in_a_thread(
+    client: aiohttp.ClientSession, path: str, on_main_thread: bool
+) -> None:
+    async with client.get(path) as response:
         assert response.status == 200
-        assert await response.json() == {"on_main_thread": True}
+        assert await response.json() == {"on_main_thread": on_main_thread}
 
 
 async def test_route_params_constraints_and_precedence(client: aiohttp.ClientSession) -> None:
     async with client.get("/api/Items/42") as response:
         assert await response.json() == {"route_params": {"id": "42"}}
-    async with client.get("/api/items/latest") as response:
-        assert (response.status, await response.text()) == (200, "latest")
+    async with client.get("/api/items/latest") as response:  # a dict, not a Response: FastAPI's JSON
+        assert (response.status, await response.json()) == (200, {"item": "latest"})
     async with client.get("/api/items/abc") as response:
         assert response.status == 404
 
@@ -276,7 +331,7 @@ async def test_status_headers_and_binary_body_are_exact(client: aiohttp.ClientSe
         assert await response.read() == BINARY_BODY
 
 
-@pytest.mark.parametrize("path", ["/api/nothing", "/hello", "/"])
+@pytest.mark.parametrize("path", ["/api/nothing", "/hello", "/", "/docs", "/openapi.json"])
 async def test_unknown_route_is_404(client: aiohttp.ClientSession, path: str) -> None:
     async with client.get(path) as response:
         assert response.status == 404
@@ -311,6 +366,51 @@ async def test_access_log_has_no_query_string(host: DevHost, client: aiohttp.Cli
     assert "KEY-IN-QUERY" not in host.log()
 
 
+async def test_body_declared_over_100_mib_is_413_without_being_sent(host: DevHost) -> None:
+    reader, writer = await asyncio.open_connection(*host.address)
+    try:
+        length = devhost.MAX_REQUEST_BYTES + 1
+        writer.write(f"POST /api/echo/big HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+        status_line = await asyncio.wait_for(reader.readline(), TIMEOUT)
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 413 ")
+
+
+async def _outcome(client: aiohttp.ClientSession, stream_id: str) -> str:
+    """How the sample app's stream generator ended; waits up to a second for it ("running" if not)."""
+    async with client.get(f"/api/outcome/{stream_id}") as response:
+        return (await response.json())["outcome"]
+
+
+async def test_stream_chunks_reach_the_client_as_they_are_yielded(
+    host: DevHost, client: aiohttp.ClientSession
+) -> None:
+    async with client.get("/api/stream/released") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        # The generator is blocked until the release below: this chunk cannot be a buffered whole.
+        assert await response.content.readexactly(len(FIRST_EVENT)) == FIRST_EVENT
+        async with client.post("/api/release/released") as released:
+            assert released.status == 204
+        assert await response.read() == LAST_EVENT
+    assert await _outcome(client, "released") == "completed"
+    assert re.search(r"access: GET /api/stream/released 200 \d+\.\dms$", host.log(), re.MULTILINE)
+
+
+async def test_client_disconnect_cancels_the_stream(host: DevHost, client: aiohttp.ClientSession) -> None:
+    async with aiohttp.ClientSession(host.base_url) as leaving:
+        response = await leaving.get("/api/stream/abandoned")
+        assert await response.content.readexactly(len(FIRST_EVENT)) == FIRST_EVENT
+        response.close()  # drops the connection mid-stream
+    disconnected = time.perf_counter()
+
+    assert await _outcome(client, "abandoned") == "cancelled"
+    assert time.perf_counter() - disconnected < sample.OUTCOME_WAIT_SECONDS
+    pattern = r"access: GET /api/stream/abandoned 200 \d+\.\dms \(client disconnected\)$"
+    assert re.search(pattern, host.log(), re.MULTILINE)
+
+
 async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
     dev_host = await start_host(tmp_path)
     async with aiohttp.ClientSession(dev_host.base_url) as session:
@@ -323,3 +423,97 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
         async with await request as response:
             assert (response.status, await response.text()) == (200, "done")
     assert "Stopping" in dev_host.log()
+
+
+# --- make run (devtools.run) --------------------------------------------------------------------------
+
+RUN_PORT_FLAGS = ("--host-port", "--azurite-port", "--emulator-port", "--identity-port")
+RUN_START_TIMEOUT = 120
+
+
+async def _read_until(stream: asyncio.StreamReader, marker: str) -> str:
+    seen = ""
+    while marker not in seen:
+        line = await stream.readline()
+        if not line:
+            raise RuntimeError(f"devtools.run exited early:\n{seen}")
+        seen += line.decode()
+    return seen
+
+
+async def test_run_serves_writes_settings_and_stops_everything_on_sigint(tmp_path: Path) -> None:
+    ports = {flag: free_port() for flag in RUN_PORT_FLAGS}
+    state_dir = tmp_path / "state"
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "devtools.run", "--state-dir", str(state_dir)),
+        *(str(item) for pair in ports.items() for item in pair),
+        cwd=tmp_path,  # local.settings.json goes to the working directory, as for `func start`
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        printed = await asyncio.wait_for(_read_until(process.stdout, "Ctrl-C"), RUN_START_TIMEOUT)
+        started = psutil.Process(process.pid).children(recursive=True)
+        commands = " ".join(" ".join(child.cmdline()) for child in started)
+        host_url = f"http://localhost:{ports['--host-port']}"
+        settings = json.loads((tmp_path / "local.settings.json").read_text())
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{host_url}/api/health") as health:
+                assert health.status != 404  # the dev host serves function_app
+            token_url = settings["Values"]["IDENTITY_ENDPOINT"]
+            query = {"api-version": "2019-08-01", "resource": "https://storage.azure.com"}
+            secret = {"X-IDENTITY-HEADER": settings["Values"]["IDENTITY_HEADER"]}
+            async with session.get(token_url, params=query, headers=secret) as token:
+                assert token.status == 200  # the secret written down is the running endpoint's
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), TIMEOUT * 2) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    for service in (
+        "devtools.identity_endpoint",
+        "azurite-blob",
+        "devtools.realtime_emulator",
+        "devtools.devhost",
+    ):
+        assert service in commands
+    _, alive = psutil.wait_procs(started, timeout=5)
+    assert alive == []  # every process it started has stopped
+
+    assert f"curl -s {host_url}/api/speech -H 'Content-Type: application/json' -d '{{\"text\"" in printed
+    assert f"curl -N {host_url}/api/speech -H 'Accept: text/event-stream'" in printed
+    assert f"{host_url}/api/playground" in printed
+    assert "wrote local.settings.json" in printed
+
+    values = settings["Values"]
+    azurite_port, emulator_port, identity_port = (ports[f] for f in RUN_PORT_FLAGS[1:])
+    assert settings["IsEncrypted"] is False
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    assert values["PYTHON_ENABLE_INIT_INDEXING"] == "1"
+    assert values["PLAYGROUND_ENABLED"] == "true"
+    assert f"BlobEndpoint=https://127.0.0.1:{azurite_port}/devstoreaccount1;" in values["AzureWebJobsStorage"]
+    assert values["AUDIO_STORAGE_ACCOUNT_URL"] == f"https://127.0.0.1:{azurite_port}/devstoreaccount1"
+    assert values["AZURE_OPENAI_ENDPOINT"] == f"http://127.0.0.1:{emulator_port}"
+    assert values["IDENTITY_ENDPOINT"] == f"http://127.0.0.1:{identity_port}/msi/token"
+    assert values["IDENTITY_HEADER"] == run.identity_secret(state_dir)
+
+
+def test_run_keeps_an_existing_settings_file_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "local.settings.json"
+    path.write_text('{"IsEncrypted": false, "Values": {"MINE": "1"}}')
+
+    assert run.write_new_file(path, {"IsEncrypted": False, "Values": {}}) is False
+
+    assert path.read_text() == '{"IsEncrypted": false, "Values": {"MINE": "1"}}'
+    note = run.instructions("http://localhost:7071", path, written=False, log_dir=tmp_path)
+    assert f"{path} exists: left as it is" in note
+
+
+def test_run_identity_secret_is_kept_across_runs(tmp_path: Path) -> None:
+    first = run.identity_secret(tmp_path / "state")
+    assert run.identity_secret(tmp_path / "state") == first
+    assert (tmp_path / "state" / "identity-secret").stat().st_mode & 0o777 == 0o600
