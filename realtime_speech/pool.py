@@ -1,0 +1,354 @@
+"""The pool of Azure OpenAI realtime backends: which deployment a session uses, and spill-over.
+
+A session can only move before the model has answered: the pool decides at the WebSocket handshake.
+Once a handshake succeeded, the session stays on that backend whatever happens later, and a failure
+after the handshake never counts against the backend (it answered).
+
+Choice. A request goes to the lowest `priority` group (1 first) that has an available backend. Within
+the group it goes to the backend with the fewest sessions in flight relative to its `weight`
+(in flight / weight, handshakes in progress included); ties are broken at random in proportion to
+weight, so sequential traffic spreads by weight and concurrent traffic evens out the load.
+
+Rate limits. A handshake refused with 429 makes the backend *cooling* until its Retry-After
+(`DEFAULT_COOLING_SECONDS`, 5 s, when it gave none); a cooling backend is not chosen.
+
+Circuit. A 5xx, a refused or a timed-out connection is a failure; a successful handshake resets the
+count. After `AZURE_OPENAI_CIRCUIT_FAILURES` (default 3) consecutive failures the backend's circuit
+is *open* for `AZURE_OPENAI_CIRCUIT_COOLDOWN_SECONDS` (default 30): no request tries it. Then it is
+*half-open*: exactly one real request goes to it as a probe while others skip it; the probe's success
+closes the circuit, its failure opens it again for another cool-down. A 401/403 or any other error
+leaves the circuit as it was.
+
+Attempts. A request makes up to `CONNECT_ATTEMPTS` (4) passes over the pool. In a pass it tries the
+available backends in choice order, each at most once, moving on at once after a 429 or a failure.
+Between passes it waits as a single endpoint always did: full-jitter exponential backoff (at most
+0.4, 0.8, 1.6 s), or the endpoint's Retry-After when it asked for one (the shortest asked in the pass);
+no attempt starts, and no wait is made, that would end after the request's deadline. A 401/403
+(`UpstreamAuthFailed`) or any other error that a retry cannot fix is raised at once. When no backend
+is available (each cooling, open or being probed) the request fails at once: 429
+`upstream-rate-limited` if one of them is cooling from a rate limit, else 503 `upstream-unavailable`,
+with Retry-After the time until the first of them is back.
+
+A pool of one has nowhere to move a session, so it never cools and its circuit never opens: each
+request makes up to 4 attempts with the backoff and Retry-After rules above.
+
+The pool is process-wide and used from one event loop: its methods do not await, so a choice and the
+marks it makes are atomic with respect to other tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from typing import Any, Generic, TypeVar
+
+from .errors import (
+    DEFAULT_RETRY_AFTER_SECONDS,
+    DeadlineExceeded,
+    ServiceError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+from .settings import BackendSettings
+
+T = TypeVar("T")
+
+CONNECT_ATTEMPTS = 4
+FIRST_BACKOFF_SECONDS = 0.2
+MAX_BACKOFF_SECONDS = 4.0
+DEFAULT_COOLING_SECONDS = DEFAULT_RETRY_AFTER_SECONDS
+
+log = logging.getLogger("realtime_speech.pool")
+
+
+class Refused(Exception):
+    """What `open_backend` raises when a backend refused the handshake or could not be reached.
+
+    `error` is what a caller would see; `asked_retry_after` is the wait the endpoint itself asked for
+    (its Retry-After header), None when it gave none: only then does the backoff apply. A plain
+    `ServiceError` raised by `open_backend` counts as a refusal that asked for nothing.
+    """
+
+    def __init__(self, error: ServiceError, *, asked_retry_after: float | None = None) -> None:
+        super().__init__(error.detail)
+        self.error = error
+        self.asked_retry_after = asked_retry_after
+
+
+@dataclass(eq=False)
+class _Backend:
+    settings: BackendSettings
+    in_flight: int = 0
+    failures: int = 0
+    cooling_until: float = -math.inf
+    open_until: float | None = None  # None: closed; once passed, half-open
+    probing: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def cooling(self, now: float) -> bool:
+        return now < self.cooling_until
+
+    def circuit_open(self, now: float) -> bool:
+        return self.open_until is not None and now < self.open_until
+
+    def half_open(self, now: float) -> bool:
+        return self.open_until is not None and now >= self.open_until
+
+    def available(self, now: float) -> bool:
+        return (
+            not self.cooling(now)
+            and not self.circuit_open(now)
+            and not (self.half_open(now) and self.probing)
+        )
+
+    def back_at(self, now: float) -> float:
+        """When it can be chosen again; a backend being probed counts as back now."""
+        return max(now, self.cooling_until, now if self.open_until is None else self.open_until)
+
+    def load(self) -> Fraction:
+        return Fraction(self.in_flight, self.settings.weight)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One attempt on one backend; `probe` when it is the half-open circuit's single probe."""
+
+    backend: _Backend
+    probe: bool
+
+
+class Lease(Generic[T]):
+    """A session on one backend: `value` is what `open_backend` returned, `name` the backend's name.
+
+    `release()` (or leaving `with lease:`) ends the session's in-flight count; it is idempotent.
+    """
+
+    def __init__(self, pool: BackendPool, backend: BackendSettings, value: T) -> None:
+        self._pool = pool
+        self.backend = backend
+        self.value = value
+        self._released = False
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool._release(self.backend.name)
+
+    def __enter__(self) -> T:
+        return self.value
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class BackendPool:
+    """The state of every backend (in flight, cooling, circuit) and the choice among them."""
+
+    def __init__(
+        self,
+        backends: Sequence[BackendSettings],
+        *,
+        failure_threshold: int,
+        cooldown_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not backends:
+            raise ValueError("a backend pool needs at least one backend")
+        if len({backend.name for backend in backends}) != len(backends):
+            raise ValueError("backend names must be unique")
+        self._backends = [_Backend(settings) for settings in backends]
+        self._by_name = {backend.name: backend for backend in self._backends}
+        self._failure_threshold = failure_threshold
+        self._cooldown_seconds = cooldown_seconds
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._spills = len(backends) > 1
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per backend: name, host, deployment, priority, weight, state (`ok`, `cooling`, `open`,
+        `half-open`; cooling and open with `until` in ISO-8601 UTC and `seconds_left`), sessions in
+        flight and consecutive failures. Never a full endpoint URL, never a credential."""
+        now, wall = self._clock(), datetime.now(UTC)
+        return [self._status_of(backend, now, wall) for backend in self._backends]
+
+    def _status_of(self, backend: _Backend, now: float, wall: datetime) -> dict[str, Any]:
+        settings = backend.settings
+        entry: dict[str, Any] = {
+            "name": settings.name,
+            "host": settings.endpoint.host,
+            "deployment": settings.deployment,
+            "priority": settings.priority,
+            "weight": settings.weight,
+            "state": _state(backend, now),
+            "in_flight": backend.in_flight,
+            "consecutive_failures": backend.failures,
+        }
+        if entry["state"] in ("cooling", "open"):
+            left = backend.back_at(now) - now
+            entry["until"] = _iso_utc(wall + timedelta(seconds=left))
+            entry["seconds_left"] = round(left, 1)
+        return entry
+
+    # --- used by `connect` and `Lease` -------------------------------------------------------------
+
+    def _take(self, exclude: set[str]) -> _Slot | None:
+        """Choose an available backend not in `exclude` and count the attempt in flight; None if every
+        available one is excluded. Raises the 429/503 of the module docstring when none is available."""
+        now = self._clock()
+        available = [b for b in self._backends if b.available(now)]
+        if not available:
+            raise self._none_available_error(now)
+        candidates = [b for b in available if b.name not in exclude]
+        if not candidates:
+            return None
+        first = min(b.settings.priority for b in candidates)
+        group = [b for b in candidates if b.settings.priority == first]
+        least = min(b.load() for b in group)
+        tied = [b for b in group if b.load() == least]
+        backend = self._rng.choices(tied, weights=[b.settings.weight for b in tied])[0]
+        probe = backend.half_open(now)
+        backend.in_flight += 1
+        backend.probing = backend.probing or probe
+        return _Slot(backend, probe)
+
+    def _connected(self, slot: _Slot) -> None:
+        backend = slot.backend
+        self._end_probe(slot)
+        if backend.open_until is not None:
+            log.info("backend %s: circuit closed", backend.name)
+        backend.failures = 0
+        backend.open_until = None
+
+    def _refused(self, slot: _Slot, error: ServiceError | None) -> None:
+        """An attempt ended without a session: mark what the error says about the backend."""
+        backend = slot.backend
+        backend.in_flight -= 1
+        self._end_probe(slot)
+        if isinstance(error, UpstreamRateLimited):
+            self._cool(backend, error.retry_after)
+        elif isinstance(error, UpstreamUnavailable):
+            self._count_failure(backend)
+
+    def _cool(self, backend: _Backend, retry_after: float | None) -> None:
+        if not self._spills:
+            return
+        seconds = DEFAULT_COOLING_SECONDS if retry_after is None else retry_after
+        backend.cooling_until = max(backend.cooling_until, self._clock() + seconds)
+        log.warning("backend %s is rate limited: cooling for %.1f s", backend.name, seconds)
+
+    def _count_failure(self, backend: _Backend) -> None:
+        backend.failures += 1
+        if self._spills and backend.failures >= self._failure_threshold:
+            backend.open_until = self._clock() + self._cooldown_seconds
+            log.warning(
+                "backend %s: circuit open for %.0f s after %d consecutive failures",
+                backend.name,
+                self._cooldown_seconds,
+                backend.failures,
+            )
+
+    def _end_probe(self, slot: _Slot) -> None:
+        if slot.probe:
+            slot.backend.probing = False
+
+    def _release(self, name: str) -> None:
+        self._by_name[name].in_flight -= 1
+
+    def _backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff."""
+        return self._rng.uniform(0, min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2**attempt))
+
+    def _none_available_error(self, now: float) -> ServiceError:
+        wait = min(backend.back_at(now) for backend in self._backends) - now
+        if any(backend.cooling(now) for backend in self._backends):
+            return UpstreamRateLimited(
+                f"Every model backend is rate limited or unavailable; the first is back in {wait:.0f} s.",
+                retry_after=wait,
+            )
+        return UpstreamUnavailable(
+            f"No model backend can be reached (every circuit is open); the first is back in {wait:.0f} s.",
+            retry_after=wait,
+        )
+
+
+def _iso_utc(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _state(backend: _Backend, now: float) -> str:
+    if backend.circuit_open(now):
+        return "open"
+    if backend.cooling(now):
+        return "cooling"
+    return "half-open" if backend.half_open(now) else "ok"
+
+
+async def connect(
+    pool: BackendPool,
+    open_backend: Callable[[BackendSettings], Awaitable[T]],
+    deadline: float,
+    *,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> Lease[T]:
+    """Open a session on the best available backend, spilling over on refusals (module docstring).
+
+    `open_backend` performs one handshake and raises `Refused` or a `ServiceError` when it fails;
+    `deadline` is event-loop time. The caller must `release()` the lease when the session ends.
+    """
+    loop = asyncio.get_running_loop()
+    last: ServiceError | None = None
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        tried: set[str] = set()
+        waits: list[float] = []
+        while loop.time() < deadline and (slot := pool._take(tried)) is not None:
+            tried.add(slot.backend.name)
+            try:
+                value = await _attempt(pool, slot, open_backend)
+            except (Refused, ServiceError) as exc:
+                last, asked = (exc.error, exc.asked_retry_after) if isinstance(exc, Refused) else (exc, None)
+                if not isinstance(last, UpstreamRateLimited | UpstreamUnavailable):
+                    raise last from None
+                waits.append(asked if asked is not None else pool._backoff(attempt))
+                continue
+            return Lease(pool, slot.backend.settings, value)
+        if loop.time() >= deadline:
+            raise last or DeadlineExceeded("The deadline passed before the model could be reached.")
+        # Every available backend was tried in this pass and refused.
+        assert last is not None
+        wait = min(waits)
+        if attempt == CONNECT_ATTEMPTS or loop.time() + wait >= deadline:
+            raise last from None
+        await sleep(wait)
+    raise AssertionError("unreachable")
+
+
+async def _attempt(
+    pool: BackendPool, slot: _Slot, open_backend: Callable[[BackendSettings], Awaitable[T]]
+) -> T:
+    """One handshake; the pool learns how it went (a cancelled or crashed one only ends its count)."""
+    try:
+        value = await open_backend(slot.backend.settings)
+    except BaseException as exc:
+        error = exc.error if isinstance(exc, Refused) else exc
+        pool._refused(slot, error if isinstance(error, ServiceError) else None)
+        raise
+    pool._connected(slot)
+    return value
