@@ -265,10 +265,15 @@ class SpeechEventStream(StreamingResponse):
             yield _frame({"type": "error", "error": error.problem(self._request_id)})
 
     async def _finish(self) -> None:
-        """After the stream: abandon an answer the caller did not wait for, and log the outcome."""
+        """After the stream: abandon an answer the caller did not wait for, and log the outcome (the
+        answer's own failure when the caller never read it, e.g. a deadline)."""
         if self._outcome is None:
-            await self._answering.abandon()
-            self._outcome = (CLIENT_CLOSED_REQUEST, None, "client-closed-request")
+            failure = self._answering.failure()
+            if isinstance(failure, ServiceError):
+                self._outcome = (failure.status, None, failure.code)
+            else:
+                await self._answering.abandon()
+                self._outcome = (CLIENT_CLOSED_REQUEST, None, "client-closed-request")
         status, result, error = self._outcome
         _log_request(
             self._request_id,

@@ -293,7 +293,16 @@ class Answering:
     @property
     def replayed(self) -> bool:
         """True when the result is an earlier request's (same idempotency key); known once done."""
-        return self._work.done() and not self._work.cancelled() and self._work.result()[1]
+        return self._succeeded() and self._work.result()[1]
+
+    def failure(self) -> BaseException | None:
+        """Why the answer failed, once it has (None while under way, after success, or if abandoned)."""
+        if not self._work.done() or self._work.cancelled():
+            return None
+        return self._work.exception()
+
+    def _succeeded(self) -> bool:
+        return self._work.done() and not self._work.cancelled() and self._work.exception() is None
 
     async def result(self) -> SpeechResult:
         """The answer; if the waiting caller is cancelled, so is the answer."""
