@@ -1,7 +1,8 @@
-"""Azure Functions entry point (Python v2 programming model): routes only; the service lives in
-the `realtime_speech` package."""
+"""Azure Functions entry point (Python v2 programming model, HTTP streams extension): routes only; the
+service lives in the `realtime_speech` package."""
 
 import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
 
 from realtime_speech import http
 
@@ -9,10 +10,15 @@ app = func.FunctionApp()
 
 
 @app.route(route="speech", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-async def speech(req: func.HttpRequest) -> func.HttpResponse:
+async def speech(req: Request) -> Response:
     return await http.speech(req)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-async def health(req: func.HttpRequest) -> func.HttpResponse:
+async def health(req: Request) -> Response:
     return await http.health(req)
+
+
+@app.route(route="playground", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def playground(req: Request) -> Response:
+    return await http.playground(req)

@@ -25,7 +25,10 @@ class ServiceError(Exception):
     def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.asked_retry_after = retry_after
+        """The wait a dependency asked for (e.g. an upstream `Retry-After`), None when it named none."""
         self.retry_after = retry_after if retry_after is not None else self.default_retry_after
+        """The wait the caller is told (`Retry-After`)."""
 
     def problem(self, request_id: str) -> dict[str, Any]:
         """The RFC 9457 problem document for this error."""
@@ -48,6 +51,10 @@ class PayloadTooLarge(ServiceError):
 
 class UnsupportedMediaType(ServiceError):
     status, code, title = 415, "unsupported-media-type", "The request body must be application/json"
+
+
+class NotFound(ServiceError):
+    status, code, title = 404, "not-found", "Not found"
 
 
 class NotConfigured(ServiceError):

@@ -1,31 +1,45 @@
-"""The HTTP edge: requests in, JSON or RFC 9457 problem documents out, one log line per request.
+"""The HTTP edge, in the Azure Functions HTTP streams model (a FastAPI `Request` in, a `Response` out).
 
-Importing it makes every log record of the process redacted (see `logs`).
+`POST /api/speech` answers with JSON, or with Server-Sent Events when the caller accepts
+`text/event-stream`; every failure is an RFC 9457 problem document (before the stream starts) or an
+`error` event (after). This is the only place where errors become responses, and it writes one log
+line per request. Importing it makes every log record of the process redacted (see `logs`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
+from collections.abc import AsyncIterator, Mapping
+from importlib import resources
 from typing import Any
 from uuid import uuid4
 
-import azure.functions as func
+from azurefunctions.extensions.http.fastapi import (
+    HTMLResponse,
+    JSONResponse,
+    Request,
+    Response,
+    StreamingResponse,
+)
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
 from .errors import (
     InvalidRequest,
     NotConfigured,
+    NotFound,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
 )
 from .logs import install_redaction
-from .models import MAX_BODY_BYTES, SpeechRequest, Timeline
-from .service import SpeechOutcome, SpeechService
+from .models import MAX_BODY_BYTES, SpeechRequest, SpeechResult, Timeline
+from .service import Answering, SpeechService
 from .settings import SettingsError, get_settings, settings_status
 
 install_redaction()
@@ -36,16 +50,33 @@ logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(l
 REQUEST_ID_HEADER = "x-request-id"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+EVENT_STREAM = "text/event-stream"
+KEEP_ALIVE_SECONDS = 10.0
+# A stream whose caller stops reading is cut this long after the request's deadline (the answer
+# itself has ended by then, with nothing committed).
+STREAM_GRACE_SECONDS = 5.0
+CLIENT_CLOSED_REQUEST = 499
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _SAFE_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,128}")
 _JSON_MEDIA_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
+_PLAYGROUND_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; media-src 'self' https: blob:; img-src 'self' data:; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 _service: SpeechService | None = None
 _service_loop: asyncio.AbstractEventLoop | None = None
 
 
-def speech_service() -> SpeechService:
-    """The process-wide service, made on first use (its async clients belong to the running loop)."""
+async def speech_service() -> SpeechService:
+    """The process-wide service, made on first use (its async clients belong to the running loop);
+    a service left from another event loop is closed and replaced."""
     global _service, _service_loop
     loop = asyncio.get_running_loop()
     if _service is None or _service_loop is not loop:
@@ -53,38 +84,66 @@ def speech_service() -> SpeechService:
             settings = get_settings()
         except SettingsError as exc:
             raise NotConfigured(f"Missing or invalid app settings: {exc}") from None
-        _service, _service_loop = SpeechService(settings), loop
+        previous, _service, _service_loop = _service, SpeechService.from_settings(settings), loop
+        if previous is not None:
+            await _close_quietly(previous)
     return _service
 
 
-async def speech(req: func.HttpRequest) -> func.HttpResponse:
-    """`POST /api/speech`: text in, a read-only URL to the spoken answer and its transcript out."""
-    request_id = _request_id(req)
+async def _close_quietly(service: SpeechService) -> None:
+    """Close a service whose loop is gone; its connections may already be unusable."""
+    try:
+        await service.close()
+    except Exception as exc:  # its transports belonged to a closed loop
+        log.debug("closing the previous service failed: %s", type(exc).__name__)
+
+
+async def speech(req: Request) -> Response:
+    """`POST /api/speech`: a question in; its spoken answer's URL and transcript out, as JSON or as
+    the events of the answer while it is spoken."""
+    request_id = _request_id(req.headers)
     timeline = Timeline()
     try:
-        speech_request = parse_speech_request(req)
-        key = idempotency_key(req)
-        outcome = await speech_service().speak(speech_request, request_id, timeline, key)
-        response = _success_response(outcome, request_id)
-        _log_request(request_id, 200, timeline, outcome=outcome)
+        speech_request = parse_speech_request(req.headers.get("content-type"), await read_body(req))
+        key = idempotency_key(req.headers)
+        events = wants_event_stream(req.headers.get("accept"))
+        answering = await (await speech_service()).start(
+            speech_request, request_id, timeline, key, events=events
+        )
+        if events:
+            return SpeechEventStream(answering, request_id, timeline)
+        result = await answering.result()
+        _log_request(request_id, 200, timeline, result=result, replayed=answering.replayed)
+        return _success_response(result, request_id, answering.replayed)
     except ServiceError as exc:
-        response = problem_response(exc, request_id)
         _log_request(request_id, exc.status, timeline, error=exc.code)
+        return problem_response(exc, request_id)
     except Exception:
         log.exception("request_id=%s unexpected failure", request_id)
-        response = problem_response(ServiceError("The request failed unexpectedly."), request_id)
         _log_request(request_id, 500, timeline, error="internal-error")
-    return response
+        return problem_response(ServiceError("The request failed unexpectedly."), request_id)
 
 
-def parse_speech_request(req: func.HttpRequest) -> SpeechRequest:
+async def read_body(req: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused as soon as it grows past `limit` bytes."""
+    declared = req.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The body is {declared} bytes; at most {limit} are accepted.")
+    body = bytearray()
+    async for chunk in req.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The body is over {limit} bytes; at most {limit} are accepted.")
+    return bytes(body)
+
+
+def parse_speech_request(content_type: str | None, body: bytes) -> SpeechRequest:
     """Validate media type, size and body, in that order; each failure names what is wrong."""
-    media_type = (req.headers.get("content-type") or "").split(";", 1)[0].strip()
+    media_type = (content_type or "").split(";", 1)[0].strip()
     if not _JSON_MEDIA_TYPE.match(media_type):
         raise UnsupportedMediaType(
             f"Send the body as application/json (got {media_type[:100] or 'no content type'})."
         )
-    body = req.get_body()
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted.")
     try:
@@ -93,9 +152,9 @@ def parse_speech_request(req: func.HttpRequest) -> SpeechRequest:
         raise InvalidRequest(_validation_detail(exc)) from None
 
 
-def idempotency_key(req: func.HttpRequest) -> str | None:
+def idempotency_key(headers: Mapping[str, str]) -> str | None:
     """The optional `Idempotency-Key` header, checked to be a safe token."""
-    key = req.headers.get(IDEMPOTENCY_KEY_HEADER)
+    key = headers.get(IDEMPOTENCY_KEY_HEADER)
     if key is None:
         return None
     if not _SAFE_IDEMPOTENCY_KEY.fullmatch(key):
@@ -103,6 +162,17 @@ def idempotency_key(req: func.HttpRequest) -> str | None:
             f"The {IDEMPOTENCY_KEY_HEADER} header must be 1-128 characters of A-Z a-z 0-9 . _ : ~ + / = -."
         )
     return key
+
+
+def wants_event_stream(accept: str | None) -> bool:
+    """True when the caller accepts `text/event-stream` (with a non-zero quality)."""
+    for item in (accept or "").split(","):
+        media_type, *params = (part.strip() for part in item.split(";"))
+        if media_type.lower() == EVENT_STREAM:
+            quality = next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")
+            with contextlib.suppress(ValueError):
+                return float(quality) > 0
+    return False
 
 
 def _validation_detail(exc: ValidationError) -> str:
@@ -121,33 +191,115 @@ def _validation_detail(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def problem_response(error: ServiceError, request_id: str) -> func.HttpResponse:
+def problem_response(error: ServiceError, request_id: str) -> Response:
     headers = {REQUEST_ID_HEADER: request_id}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    return func.HttpResponse(
-        json.dumps(error.problem(request_id)),
+    return JSONResponse(
+        error.problem(request_id),
         status_code=error.status,
         headers=headers,
-        mimetype="application/problem+json",
+        media_type="application/problem+json",
     )
 
 
-def _success_response(outcome: SpeechOutcome, request_id: str) -> func.HttpResponse:
+def _success_response(result: SpeechResult, request_id: str, replayed: bool) -> Response:
     headers = {REQUEST_ID_HEADER: request_id}
-    if outcome.replayed:
+    if replayed:
         headers[REPLAYED_HEADER] = "true"
-    return func.HttpResponse(
-        json.dumps(outcome.result.model_dump(mode="json")),
-        status_code=200,
-        headers=headers,
-        mimetype="application/json",
-    )
+    return JSONResponse(result.model_dump(mode="json"), headers=headers)
 
 
-def _request_id(req: func.HttpRequest) -> str:
+class SpeechEventStream(StreamingResponse):
+    """The Server-Sent Events of one answer.
+
+    Besides streaming, it watches the connection: a caller who leaves abandons the answer at once
+    (the model is cancelled, nothing is committed; logged as 499), and a stream whose caller stops
+    reading is cut `STREAM_GRACE_SECONDS` after the answer's deadline (the answer itself has ended by
+    then, with nothing committed).
+    """
+
+    def __init__(self, answering: Answering, request_id: str, timeline: Timeline) -> None:
+        headers = {REQUEST_ID_HEADER: request_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if answering.replayed:
+            headers[REPLAYED_HEADER] = "true"
+        super().__init__(self._frames(), media_type=EVENT_STREAM, headers=headers)
+        self._answering = answering
+        self._request_id = request_id
+        self._timeline = timeline
+        self._outcome: tuple[int, SpeechResult | None, str | None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = asyncio.ensure_future(self.stream_response(send))
+        left = asyncio.ensure_future(_until_disconnected(receive))
+        try:
+            async with asyncio.timeout_at(self._answering.deadline + STREAM_GRACE_SECONDS):
+                await asyncio.wait({stream, left}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            pass
+        finally:
+            for task in (stream, left):
+                task.cancel()
+            await asyncio.gather(stream, left, return_exceptions=True)
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            await self._finish()
+
+    async def _frames(self) -> AsyncIterator[bytes]:
+        events = self._answering.events(KEEP_ALIVE_SECONDS)
+        try:
+            async for event in events:
+                if event is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                if event["type"] == "speech.done":
+                    result = SpeechResult.model_validate({k: v for k, v in event.items() if k != "type"})
+                    self._outcome = (200, result, None)
+                yield _frame(event)
+        except ServiceError as exc:
+            self._outcome = (exc.status, None, exc.code)
+            yield _frame({"type": "error", "error": exc.problem(self._request_id)})
+        except Exception:
+            log.exception("request_id=%s unexpected failure while streaming", self._request_id)
+            error = ServiceError("The request failed unexpectedly.")
+            self._outcome = (500, None, error.code)
+            yield _frame({"type": "error", "error": error.problem(self._request_id)})
+
+    async def _finish(self) -> None:
+        """After the stream: abandon an answer the caller did not wait for, and log the outcome (the
+        answer's own failure when the caller never read it, e.g. a deadline)."""
+        if self._outcome is None:
+            failure = self._answering.failure()
+            if isinstance(failure, ServiceError):
+                self._outcome = (failure.status, None, failure.code)
+            else:
+                await self._answering.abandon()
+                self._outcome = (CLIENT_CLOSED_REQUEST, None, "client-closed-request")
+        status, result, error = self._outcome
+        _log_request(
+            self._request_id,
+            status,
+            self._timeline,
+            result=result,
+            error=error,
+            replayed=self._answering.replayed,
+            stream=True,
+        )
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _frame(event: dict[str, Any]) -> bytes:
+    """One Server-Sent Event: its type as the event name, the whole event as JSON data."""
+    data = json.dumps(event, separators=(",", ":"))
+    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+
+
+def _request_id(headers: Mapping[str, str]) -> str:
     """The caller's `x-request-id` when it is a safe token, else a new one."""
-    given = req.headers.get(REQUEST_ID_HEADER) or ""
+    given = headers.get(REQUEST_ID_HEADER) or ""
     return given if _SAFE_REQUEST_ID.fullmatch(given) else uuid4().hex
 
 
@@ -156,33 +308,52 @@ def _log_request(
     status: int,
     timeline: Timeline,
     *,
-    outcome: SpeechOutcome | None = None,
+    result: SpeechResult | None = None,
     error: str | None = None,
+    replayed: bool = False,
+    stream: bool = False,
 ) -> None:
     """One structured line per request: id, outcome, the duration of each phase reached and the
     audio's length; never a secret."""
     fields: dict[str, Any] = {"request_id": request_id, "status": status, "total_ms": timeline.elapsed_ms()}
     fields.update((f"{phase}_ms", ms) for phase, ms in timeline.phases_ms().items())
-    if outcome is not None:
-        fields["audio_seconds"] = outcome.result.audio.duration_seconds
-        fields["response_status"] = outcome.result.status
-        if outcome.replayed:
-            fields["replayed"] = True
+    if result is not None:
+        fields["audio_seconds"] = result.audio.duration_seconds
+        fields["response_status"] = result.status
+    if replayed:
+        fields["replayed"] = True
+    if stream:
+        fields["stream"] = True
     if error:
         fields["error"] = error
     log.info("speech %s", json.dumps(fields, separators=(",", ":")))
 
 
-async def health(req: func.HttpRequest) -> func.HttpResponse:
+async def health(req: Request) -> Response:
     """`GET /api/health[?probe=true]`: are the settings complete (and, probed, storage and identity up)?"""
     report: dict[str, Any] = {"status": "ok", "settings": settings_status()}
     try:
         get_settings()
     except SettingsError as exc:
         report.update(status="misconfigured", problems=exc.problems)
-    if report["status"] == "ok" and req.params.get("probe", "").lower() in ("1", "true", "yes"):
-        report["checks"] = await speech_service().probe()
+    if report["status"] == "ok" and req.query_params.get("probe", "").lower() in ("1", "true", "yes"):
+        report["checks"] = await (await speech_service()).probe()
         if any(check != "ok" for check in report["checks"].values()):
             report["status"] = "degraded"
-    status = 200 if report["status"] == "ok" else 503
-    return func.HttpResponse(json.dumps(report), status_code=status, mimetype="application/json")
+    return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+
+async def playground(req: Request) -> Response:
+    """`GET /api/playground`: a page to try the API in a browser, when PLAYGROUND_ENABLED is true."""
+    request_id = _request_id(req.headers)
+    try:
+        enabled = get_settings().playground_enabled
+    except SettingsError as exc:
+        return problem_response(NotConfigured(f"Missing or invalid app settings: {exc}"), request_id)
+    if not enabled:
+        return problem_response(NotFound("The playground is off (PLAYGROUND_ENABLED)."), request_id)
+    return HTMLResponse(_playground_page(), headers=_PLAYGROUND_HEADERS)
+
+
+def _playground_page() -> str:
+    return resources.files(__package__).joinpath("playground.html").read_text(encoding="utf-8")

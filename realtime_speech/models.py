@@ -1,4 +1,5 @@
-"""The public HTTP contract: the request body and the success response."""
+"""The public contract and the shapes every layer shares: the request, the stored record, the response,
+the audio facts and the request's timeline. Imports nothing of the service."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 Voice = Literal["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"]
 VOICES: tuple[str, ...] = Voice.__args__
@@ -52,14 +60,18 @@ class AudioFacts(BaseModel):
     duration_seconds: float
     bytes: int = Field(description="Size of the whole file, header included.")
 
+    @model_serializer(mode="wrap")
+    def _without_nones(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A WAV has bits per sample, an mp3 a bitrate: each shows only the fact it has."""
+        return {name: value for name, value in serialize(self).items() if value is not None}
 
-class SpeechResult(BaseModel):
-    """The 200 response of `POST /api/speech` (also stored beside the WAV as the request's record)."""
+
+class SpeechRecord(BaseModel):
+    """One answer as stored beside its audio (and kept for an idempotency key): everything but the URL,
+    which is signed anew each time the answer is handed out."""
 
     request_id: str
     transcript: str
-    audio_url: str
-    expires_at: datetime
     container: str
     blob_name: str
     audio: AudioFacts
@@ -70,6 +82,18 @@ class SpeechResult(BaseModel):
     status_reason: str | None = None
     usage: dict[str, Any] | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class SpeechResult(SpeechRecord):
+    """The 200 response of `POST /api/speech` (and the `speech.done` event): the record with a fresh
+    read-only URL to the audio."""
+
+    audio_url: str
+    expires_at: datetime
+
+    def record(self) -> SpeechRecord:
+        """The result without its URL, as it is kept."""
+        return SpeechRecord.model_validate(self.model_dump(include=set(SpeechRecord.model_fields)))
 
 
 # The phases of a request, each from one mark (None: the request's start) to the next.

@@ -1,8 +1,10 @@
-"""One spoken answer from an Azure OpenAI realtime deployment (GA protocol, `/openai/v1/realtime`).
+"""One realtime session with an Azure OpenAI deployment (GA protocol, `/openai/v1/realtime`).
 
-The session is configured, asked and answered in one pipelined exchange: `session.update`,
+A `RealtimeBackend` is one deployment; `open()` connects (failures mapped to the documented errors).
+A `RealtimeSession` is configured, asked and answered in one pipelined exchange: `session.update`,
 `conversation.item.create` and `response.create` go out together (the service applies client events
-in order), then the events are consumed as they arrive. Audio is handed to a sink as it streams.
+in order), then the events are consumed as they arrive and handed to an `AnswerListener` as they
+stream. Knows nothing of HTTP or storage.
 """
 
 from __future__ import annotations
@@ -11,13 +13,19 @@ import asyncio
 import base64
 import random
 import re
-from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from azure.core.credentials_async import AsyncTokenCredential
 from openai import AsyncOpenAI, WebSocketConnectionClosedError
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
-from openai.types.realtime import ConversationItemCreateEvent, ResponseCreateEvent, SessionUpdateEvent
+from openai.types.realtime import (
+    ConversationItemCreateEvent,
+    ResponseCancelEvent,
+    ResponseCreateEvent,
+    SessionUpdateEvent,
+)
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .errors import (
@@ -27,26 +35,28 @@ from .errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from .identity import openai_token_provider
 from .models import Timeline
 from .wav import PCM16_24KHZ_MONO
-
-AudioSink = Callable[[bytes], Awaitable[None]]
 
 CONNECT_ATTEMPTS = 4
 FIRST_BACKOFF_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 4.0
+CANCEL_SECONDS = 1.0
 # websockets waits 10 s by default for each; a stuck peer must not hold a request (or its cleanup) that long.
 WEBSOCKET_OPTIONS = {"open_timeout": 10.0, "close_timeout": 2.0}
 
 
 @dataclass(frozen=True)
 class VoiceRequest:
-    """What to say and how: the user's text, the instructions and the voice."""
+    """What to ask and how to answer: the user's text, the instructions, the voice and the session's
+    audio output format."""
 
     text: str
     instructions: str
     voice: str
     transcription_model: str
+    output_format: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,19 @@ class SpokenAnswer:
     status: str
     status_reason: str | None
     usage: dict[str, Any] | None
+
+
+class AnswerListener(Protocol):
+    """What hears the answer as it is spoken (the stored file, the caller's event stream)."""
+
+    async def audio(self, chunk: bytes) -> None:
+        """The next decoded audio delta, in the session's output format."""
+
+    async def audio_done(self) -> None:
+        """The audio has ended (called once, at `response.output_audio.done` or `response.done`)."""
+
+    async def transcript_delta(self, delta: str) -> None:
+        """The next piece of the answer's transcript."""
 
 
 def session_config(request: VoiceRequest) -> dict[str, Any]:
@@ -78,33 +101,74 @@ def session_config(request: VoiceRequest) -> dict[str, Any]:
                     "create_response": True,
                 },
             },
-            "output": {"format": pcm, "voice": request.voice},
+            "output": {"format": request.output_format, "voice": request.voice},
         },
     }
 
 
-class RealtimeSpeaker:
-    """Opens one realtime session per answer on a process-wide client."""
+def realtime_client(endpoint: str, api_key: str | None, credential: AsyncTokenCredential) -> AsyncOpenAI:
+    """The process-wide realtime client of one endpoint: an Entra token per connection, or the API
+    key when one is configured (local use)."""
+    endpoint = endpoint.rstrip("/")
+    return AsyncOpenAI(
+        base_url=f"{endpoint}/openai/v1",
+        websocket_base_url=f"{endpoint.replace('http', 'ws', 1)}/openai/v1",
+        api_key=api_key or openai_token_provider(credential),
+        max_retries=0,
+    )
 
-    def __init__(self, client: AsyncOpenAI, deployment: str, extra_headers: dict[str, str]) -> None:
+
+class RealtimeBackend:
+    """One realtime deployment, reached through a process-wide client; one session per answer."""
+
+    def __init__(self, name: str, client: AsyncOpenAI, deployment: str, api_key: str | None = None) -> None:
+        self.name = name
         self._client = client
         self._deployment = deployment
-        self._extra_headers = extra_headers
+        self._extra_headers = {"api-key": api_key} if api_key else {}
 
-    async def speak(
-        self,
-        request: VoiceRequest,
-        on_audio: AudioSink,
-        on_audio_end: Callable[[], None],
-        deadline: float,
-        timeline: Timeline,
+    async def open(self) -> RealtimeSession:
+        """One connection attempt; a refusal is mapped to the error the caller would see."""
+        try:
+            connection = await self._client.realtime.connect(
+                model=self._deployment,
+                extra_headers=self._extra_headers,
+                websocket_connection_options=WEBSOCKET_OPTIONS,  # type: ignore[typeddict-unknown-key]
+            ).enter()
+        except Exception as exc:
+            raise connect_error(exc) from None
+        return RealtimeSession(connection)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def open_within(self, deadline: float) -> RealtimeSession:
+        """Connect, retrying refusals that happen before any output with backoff and jitter; the
+        endpoint's `Retry-After` replaces the backoff. No retry would end after the deadline."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            try:
+                return await self.open()
+            except ServiceError as error:
+                delay = error.asked_retry_after if error.asked_retry_after is not None else _backoff(attempt)
+                if not _retryable(error) or attempt == CONNECT_ATTEMPTS or loop.time() + delay >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+class RealtimeSession:
+    """One open realtime connection: asks once and streams the answer to a listener."""
+
+    def __init__(self, connection: AsyncRealtimeConnection) -> None:
+        self._connection = connection
+        self._answering = False
+
+    async def answer(
+        self, request: VoiceRequest, listener: AnswerListener, timeline: Timeline
     ) -> SpokenAnswer:
-        """Ask for a spoken answer; audio goes to `on_audio`, `on_audio_end` marks its end.
-
-        `deadline` (event-loop time) bounds the connection retries; the caller enforces it overall.
-        """
-        connection = await self._open(deadline)
-        timeline.mark("connected")
+        """Configure the session, ask, and consume the answer's events until `response.done`."""
+        connection = self._connection
         try:
             # Typed events are serialised by pydantic (about 0.1 ms); the resource helpers run the
             # SDK's parameter transform instead (about 3 ms of event-loop time per event).
@@ -120,33 +184,24 @@ class RealtimeSpeaker:
                 )
             )
             await connection.send(ResponseCreateEvent(type="response.create"))
-            return await _collect_answer(connection, on_audio, on_audio_end, timeline)
+            self._answering = True
+            answer = await _collect_answer(connection, listener, timeline)
+            self._answering = False
+            return answer
         except (ConnectionClosed, WebSocketConnectionClosedError) as exc:
+            self._answering = False
             received = exc.rcvd if isinstance(exc, ConnectionClosed) else None
             how = f"closed it (code {received.code})" if received else "dropped it"
             raise UpstreamFailed(f"The realtime endpoint {how} before the answer was complete.") from None
-        finally:
-            await connection.close()
 
-    async def _open(self, deadline: float) -> AsyncRealtimeConnection:
-        """Connect, retrying refusals that happen before any output with backoff and jitter; the
-        endpoint's `Retry-After` replaces the backoff. No retry would end after the deadline."""
-        loop = asyncio.get_running_loop()
-        for attempt in range(1, CONNECT_ATTEMPTS + 1):
-            try:
-                return await self._client.realtime.connect(
-                    model=self._deployment,
-                    extra_headers=self._extra_headers,
-                    websocket_connection_options=WEBSOCKET_OPTIONS,  # type: ignore[typeddict-unknown-key]
-                ).enter()
-            except Exception as exc:
-                error = connect_error(exc)
-                asked = _handshake_retry_after(exc)
-                delay = asked if asked is not None else _backoff(attempt)
-                if not _retryable(error) or attempt == CONNECT_ATTEMPTS or loop.time() + delay >= deadline:
-                    raise error from None
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+    async def close(self) -> None:
+        """Close the connection; an answer still under way is cancelled first (`response.cancel`), so
+        the model stops spending tokens on a caller who left. Bounded: about a second at most."""
+        with suppress(Exception):
+            async with asyncio.timeout(CANCEL_SECONDS):
+                if self._answering:
+                    await self._connection.send(ResponseCancelEvent(type="response.cancel"))
+                await self._connection.close()
 
 
 def _backoff(attempt: int) -> float:
@@ -204,25 +259,25 @@ def _handshake_retry_after(exc: Exception) -> float | None:
 
 
 async def _collect_answer(
-    connection: AsyncRealtimeConnection,
-    on_audio: AudioSink,
-    on_audio_end: Callable[[], None],
-    timeline: Timeline,
+    connection: AsyncRealtimeConnection, listener: AnswerListener, timeline: Timeline
 ) -> SpokenAnswer:
-    """Consume server events until `response.done`, streaming audio into the sink."""
+    """Consume server events until `response.done`, handing audio and transcript to the listener."""
     session_id: str | None = None
     transcript: str | None = None
     deltas: list[str] = []
+    audio_ended = False
     async for event in connection:
         match event.type:
             case "response.output_audio.delta":
                 timeline.mark("first_audio")
-                await on_audio(base64.b64decode(event.delta))
+                await listener.audio(base64.b64decode(event.delta))
             case "response.output_audio.done":
                 timeline.mark("audio_done")
-                on_audio_end()
+                audio_ended = True
+                await listener.audio_done()
             case "response.output_audio_transcript.delta":
                 deltas.append(event.delta)
+                await listener.transcript_delta(event.delta)
             case "response.output_audio_transcript.done":
                 transcript = event.transcript
             case "session.created" | "session.updated":
@@ -231,7 +286,8 @@ async def _collect_answer(
                 raise _error_event(event.error)
             case "response.done":
                 timeline.mark("response_done")
-                on_audio_end()
+                if not audio_ended:
+                    await listener.audio_done()
                 return _answer(event.response, session_id, transcript or "".join(deltas))
     raise UpstreamFailed("The realtime connection closed before the answer was complete.")
 

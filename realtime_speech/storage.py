@@ -1,7 +1,7 @@
-"""Audio in Blob Storage: WAVs staged block by block while the model speaks, records, and SAS URLs.
+"""Audio in Blob Storage: files staged block by block while the model speaks, records, and SAS URLs.
 
-A WAV is a block blob committed as `[header, data blocks...]`: data blocks of a fixed size are staged
-while audio streams in, the 44-byte header last (once the length is known), and one
+An audio file is a block blob committed as `[header, body blocks...]`: body blocks are staged while
+audio streams in, the header (a WAV header; none for mp3) last, once the length is known, and one
 `Put Block List` makes the blob appear whole. Until that commit nothing is visible, so a failed
 request leaves no half-written blob (uncommitted blocks are discarded by the service).
 """
@@ -28,7 +28,6 @@ from azure.storage.blob import BlobSasPermissions, ContentSettings, UserDelegati
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, LinearRetry
 
 from .errors import IdentityUnavailable, ServiceError, StorageUnavailable
-from .wav import PCM16_24KHZ_MONO, PcmFormat, wav_header
 
 HEADER_BLOCK_ID = f"{0:08d}"
 # The smallest block staged while audio streams: at real-time pace (48 kB/s) about one per second.
@@ -96,6 +95,9 @@ class AudioStore:
     def container_name(self) -> str:
         return self._container.container_name
 
+    async def close(self) -> None:
+        await self._service.close()
+
     def prepare(self) -> asyncio.Task[None]:
         """Start, once per process, what requests need before their first write and their SAS: the
         container and a delegation key. It overlaps the first request's model session.
@@ -118,9 +120,11 @@ class AudioStore:
                 await self._container.create_container()
         await self._delegation_key(valid_until=datetime.now(UTC) + self._url_ttl)
 
-    def audio_writer(self, blob_name: str) -> AudioBlobWriter:
+    def writer(self, blob_name: str, content_type: str) -> BlockBlobWriter:
+        """A writer for a new blob; nothing is visible until its commit."""
         self.prepare()  # now, so that it overlaps the model session
-        return AudioBlobWriter(self._container.get_blob_client(blob_name), self._block_size, self.ready)
+        blob = self._container.get_blob_client(blob_name)
+        return BlockBlobWriter(blob, self._block_size, self.ready, content_type)
 
     async def save_record(self, blob_name: str, record: dict[str, Any], *, only_if_new: bool = False) -> bool:
         """Store a JSON record; with `only_if_new`, only if no blob of that name exists yet (the check
@@ -153,7 +157,7 @@ class AudioStore:
             with suppress(ResourceNotFoundError):
                 await self._container.delete_blob(blob_name)
 
-    async def read_url(self, blob_name: str, download_name: str) -> tuple[str, datetime]:
+    async def read_url(self, blob_name: str, download_name: str, content_type: str) -> tuple[str, datetime]:
         """A read-only user-delegation SAS URL for the blob, and when it expires."""
         now = datetime.now(UTC)
         expires_at = (now + self._url_ttl).replace(microsecond=0)
@@ -169,7 +173,7 @@ class AudioStore:
             expiry=expires_at,
             protocol="https" if https else None,
             content_disposition=f'attachment; filename="{download_name}"',
-            content_type="audio/wav",
+            content_type=content_type,
         )
         blob_url = self._container.get_blob_client(blob_name).url
         return f"{blob_url}?{sas}", expires_at
@@ -186,73 +190,75 @@ class AudioStore:
             return self._key
 
 
-class AudioBlobWriter:
-    """Streams PCM into a WAV blob so that little is left to upload when the audio ends.
+class BlockBlobWriter:
+    """Streams a file's body into a block blob so that little is left to upload when it ends; the
+    header (known only at the end, possibly empty) is staged last and committed first.
 
-    Audio shorter than one block is never staged: `commit` writes the whole WAV with one Put Blob,
-    one request instead of three (stage the audio, stage the header, commit). Once the audio has
-    filled a block, blocks are staged in the background, one at a time: whenever the uploader is free
-    and at least `MIN_BLOCK_BYTES` have arrived, what has arrived becomes the next block. At real-time
-    pace those blocks stay small and almost all audio is staged by the time it ends; at full speed
+    A file shorter than one block is never staged: `commit` writes it whole with one Put Blob, one
+    request instead of three (stage the body, stage the header, commit). Once the body has filled a
+    block, blocks are staged in the background, one at a time: whenever the uploader is free and at
+    least `MIN_BLOCK_BYTES` have arrived, what has arrived becomes the next block. At real-time pace
+    those blocks stay small and almost everything is staged by the time the body ends; at full speed
     they grow up to the block size. A full block waits for the one in flight (back-pressure), so
-    memory is bounded by a few blocks whatever the audio's length.
+    memory is bounded by a few blocks whatever the file's length.
     """
 
     def __init__(
-        self, blob: BlobClient, block_size: int, container_ready: Callable[[], Awaitable[None]]
+        self,
+        blob: BlobClient,
+        block_size: int,
+        container_ready: Callable[[], Awaitable[None]],
+        content_type: str,
     ) -> None:
         self._blob = blob
         self._block_size = block_size
         self._container_ready = container_ready
+        self._content = ContentSettings(content_type=content_type)
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._block_ids: list[str] = []
-        self._data_bytes = 0
+        self._header: bytes | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._finished: asyncio.Task[Any] | None = None
-        self._ended = False
-
-    @property
-    def data_bytes(self) -> int:
-        return self._data_bytes
 
     async def write(self, chunk: bytes) -> None:
-        if self._ended:
-            raise RuntimeError("audio written after its end")
+        """Append the next bytes of the body."""
+        if self._header is not None:
+            raise RuntimeError("body written after its end")
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        self._data_bytes += len(chunk)
         if self._buffered >= self._block_size:
             await self._drain()
         elif not self._block_ids or self._in_flight or self._buffered < MIN_BLOCK_BYTES:
             return
         self._stage_in_background(self._take_buffered())
 
-    def finish(self) -> None:
-        """The audio has ended: once blocks were staged, stage the tail and the header now,
-        overlapping the last events; shorter audio stays in memory for the Put Blob of `commit`."""
-        if not self._ended:
-            self._ended = True
-            if self._block_ids:
-                self._finished = asyncio.ensure_future(self._stage_tail_and_header())
+    def finish(self, header: bytes) -> None:
+        """The body has ended and `header` goes before it: once blocks were staged, stage the tail and
+        the header now, overlapping whatever the caller still waits for; a shorter file stays in memory
+        for the Put Blob of `commit`."""
+        if self._header is not None:
+            raise RuntimeError("the file was finished already")
+        self._header = header
+        if self._block_ids:
+            self._finished = asyncio.ensure_future(self._stage_tail_and_header())
 
-    async def commit(self, pcm: PcmFormat = PCM16_24KHZ_MONO) -> int:
-        """Make the WAV visible in one request: `Put Block List`, or `Put Blob` of the whole file when
-        no block was staged. Returns the size of the whole file."""
-        self.finish()
-        header = wav_header(self._data_bytes, pcm)
-        audio_wav = ContentSettings(content_type="audio/wav")
+    async def commit(self) -> None:
+        """Make the file visible in one request: Put Block List, or Put Blob of the whole file when no
+        block was staged."""
+        if self._header is None:
+            raise RuntimeError("commit before finish")
         async with storage_errors("write the audio"):
             if self._finished is None:
                 await self._container_ready()
-                wav = self._take_buffered(header)
-                await self._blob.upload_blob(wav, overwrite=True, content_settings=audio_wav)
+                data = self._take_buffered(self._header)
+                await self._blob.upload_blob(data, overwrite=True, content_settings=self._content)
             else:
                 await self._finished
+                header_block = [HEADER_BLOCK_ID] if self._header else []
                 await self._blob.commit_block_list(
-                    [HEADER_BLOCK_ID, *self._block_ids], content_settings=audio_wav
+                    [*header_block, *self._block_ids], content_settings=self._content
                 )
-        return len(header) + self._data_bytes
 
     async def abort(self) -> None:
         """Stop uploading; nothing is committed, so the blob never appears."""
@@ -264,7 +270,8 @@ class AudioBlobWriter:
     async def _stage_tail_and_header(self) -> None:
         if self._buffered:
             self._stage_in_background(self._take_buffered())
-        self._stage_in_background(wav_header(self._data_bytes), HEADER_BLOCK_ID)
+        if self._header:
+            self._stage_in_background(self._header, HEADER_BLOCK_ID)
         await self._drain()
 
     def _stage_in_background(self, data: bytes, block_id: str | None = None) -> None:
@@ -281,7 +288,7 @@ class AudioBlobWriter:
             self._in_flight.discard(task)
 
     def _take_buffered(self, head: bytes = b"") -> bytes:
-        """`head` and the buffered audio as one bytes object; the chunks are let go."""
+        """`head` and the buffered body as one bytes object; the chunks are let go."""
         data = b"".join([head, *self._chunks])
         self._chunks.clear()
         self._buffered = 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +20,31 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from devtools.process import ServiceProcess
 
 Response = tuple[int, Any, "aiohttp.typedefs.LooseHeaders"]
+
+
+@dataclass
+class EventStream:
+    """What a Server-Sent Events request got: status, headers, the events in order with the seconds
+    after the request each arrived, the comments (keep-alives), or the problem when no stream began."""
+
+    status: int
+    headers: Any
+    events: list[dict[str, Any]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    problem: Any = None
+
+    @property
+    def types(self) -> list[str]:
+        return [event["type"] for event in self.events]
+
+    def audio(self) -> bytes:
+        """The concatenated `speech.audio.delta` bytes."""
+        deltas = [e["audio"] for e in self.events if e["type"] == "speech.audio.delta"]
+        return b"".join(base64.b64decode(audio) for audio in deltas)
+
+    def last(self) -> dict[str, Any]:
+        return self.events[-1]
 
 
 @dataclass
@@ -63,6 +90,43 @@ class SpeechClient:
         async with self.http.post(f"{self.host_url}/api/speech", data=body, headers=sent) as response:
             text = await response.text()
             return response.status, json.loads(text) if text else None, response.headers
+
+    async def stream(
+        self,
+        body: dict[str, Any],
+        headers: Mapping[str, str] = {},
+        *,
+        read_until: str | None = None,
+    ) -> EventStream:
+        """POST with `Accept: text/event-stream` and read the answer's events (and comments) as they
+        arrive, each with its arrival time; with `read_until`, stop reading (and close the connection)
+        right after the first event of that type."""
+        sent = {"Content-Type": "application/json", "Accept": "text/event-stream", **headers}
+        started = time.perf_counter()
+        async with self.http.post(f"{self.host_url}/api/speech", json=body, headers=sent) as response:
+            result = EventStream(response.status, response.headers)
+            if response.status != 200 or not response.content_type.startswith("text/event-stream"):
+                text = await response.text()
+                result.problem = json.loads(text) if text else None
+                return result
+            fields: dict[str, str] = {}
+            async for raw in response.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith(":"):
+                    result.comments.append(line[1:].strip())
+                elif line:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                elif fields:
+                    event = json.loads(fields["data"])
+                    assert event["type"] == fields["event"], fields
+                    result.events.append(event)
+                    result.arrivals.append(time.perf_counter() - started)
+                    fields = {}
+                    if event["type"] == read_until:
+                        response.close()
+                        break
+        return result
 
     async def download(self, url: str) -> bytes:
         async with self.http.get(url, ssl=self.tls) as response:

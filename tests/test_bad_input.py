@@ -12,7 +12,6 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import azure.functions as func
 import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
@@ -135,14 +134,12 @@ bad_requests = st.one_of(
 @given(body=st.binary(max_size=2000), content_type=st.none() | HEADER_TEXT)
 @settings(max_examples=400, deadline=None)
 def test_parsing_anything_gives_a_request_or_a_4xx_problem(body: bytes, content_type: str | None) -> None:
-    headers = {"content-type": content_type} if content_type is not None else {}
-    request = func.HttpRequest("POST", "http://localhost/api/speech", headers=headers, body=body)
     try:
-        assert isinstance(parse_speech_request(request), SpeechRequest)
+        assert isinstance(parse_speech_request(content_type, body), SpeechRequest)
     except ServiceError as error:
         response = problem_response(error, "req")
         assert response.status_code in (400, 413, 415)
-        assert "Traceback" not in response.get_body().decode()
+        assert "Traceback" not in bytes(response.body).decode()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -6,7 +6,6 @@ import io
 import json
 import wave
 
-import azure.functions as func
 import pytest
 
 from realtime_speech.errors import (
@@ -43,18 +42,16 @@ def test_wav_header_rejects_partial_frames() -> None:
         wav_header(4, PcmFormat(channels=3, bits_per_sample=16))
 
 
-def _request(body: bytes | str, content_type: str | None = "application/json") -> func.HttpRequest:
-    headers = {"content-type": content_type} if content_type else {}
-    data = body.encode() if isinstance(body, str) else body
-    return func.HttpRequest("POST", "http://localhost/api/speech", headers=headers, body=data)
+def _request(body: bytes | str, content_type: str | None = "application/json") -> tuple[str | None, bytes]:
+    return content_type, body.encode() if isinstance(body, str) else body
 
 
 def test_a_valid_body_parses_with_optional_fields() -> None:
     parsed = parse_speech_request(
-        _request('{"text": "Hello", "voice": "marin", "instructions": "Be brief."}')
+        *_request('{"text": "Hello", "voice": "marin", "instructions": "Be brief."}')
     )
     assert (parsed.text, parsed.voice, parsed.instructions) == ("Hello", "marin", "Be brief.")
-    assert parse_speech_request(_request('{"text": "Hi"}', "application/json; charset=utf-8")).voice is None
+    assert parse_speech_request(*_request('{"text": "Hi"}', "application/json; charset=utf-8")).voice is None
 
 
 @pytest.mark.parametrize(
@@ -73,27 +70,27 @@ def test_a_valid_body_parses_with_optional_fields() -> None:
 )
 def test_bad_bodies_are_rejected_with_a_reason(body: str, expected: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        parse_speech_request(_request(body))
+        parse_speech_request(*_request(body))
     assert expected in caught.value.detail
     assert "typo" not in caught.value.detail  # the input itself is never echoed
 
 
 def test_media_type_and_size_are_checked_before_the_body() -> None:
     with pytest.raises(UnsupportedMediaType):
-        parse_speech_request(_request('{"text": "hi"}', "text/plain"))
+        parse_speech_request(*_request('{"text": "hi"}', "text/plain"))
     with pytest.raises(UnsupportedMediaType):
-        parse_speech_request(_request('{"text": "hi"}', None))
+        parse_speech_request(*_request('{"text": "hi"}', None))
     with pytest.raises(PayloadTooLarge):
-        parse_speech_request(_request(b"{" + b" " * MAX_BODY_BYTES + b"}"))
+        parse_speech_request(*_request(b"{" + b" " * MAX_BODY_BYTES + b"}"))
 
 
 def test_problem_responses_follow_rfc_9457_with_retry_after() -> None:
     response = problem_response(UpstreamRateLimited("slow down", retry_after=1.2), "req-1")
     assert response.status_code == 429
-    assert response.mimetype == "application/problem+json"
+    assert response.media_type == "application/problem+json"
     assert response.headers["Retry-After"] == "2"
     assert response.headers["x-request-id"] == "req-1"
-    assert json.loads(response.get_body()) == {
+    assert json.loads(response.body) == {
         "type": PROBLEM_TYPE_BASE + "upstream-rate-limited",
         "title": "The model's rate limit was reached",
         "status": 429,
@@ -103,7 +100,8 @@ def test_problem_responses_follow_rfc_9457_with_retry_after() -> None:
 
 
 def test_session_configuration_is_the_quickstarts_in_ga_shape() -> None:
-    config = session_config(VoiceRequest("hi", "Be kind.", "coral", "whisper-1"))
+    pcm = {"type": "audio/pcm", "rate": 24000}
+    config = session_config(VoiceRequest("hi", "Be kind.", "coral", "whisper-1", pcm))
     assert config["type"] == "realtime" and config["output_modalities"] == ["audio"]
     assert config["instructions"] == "Be kind."
     assert config["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "coral"}

@@ -1,0 +1,131 @@
+"""One answer as the model speaks it, heard by its listeners: the stored file and the caller's events.
+
+`AnswerStream` is the `AnswerListener` of a realtime session. Each audio delta is encoded once into
+the next bytes of the stored file (see `encoders`); those bytes go to the block writer, which stages
+them while the model speaks, and, when the caller asked for Server-Sent Events, to the caller's
+`EventChannel` as `speech.audio.delta`. Transcript deltas go to the channel too. So the bytes the
+caller hears are exactly the bytes stored, and nothing is committed unless the whole answer arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import deque
+from typing import Any
+
+from .encoders import AudioEncoder
+from .models import AudioFacts
+from .storage import BlockBlobWriter
+
+Event = dict[str, Any]
+# Events queued for one caller, in bytes of their payload: a slow reader holds at most this much
+# (plus the socket buffers), and the model's WebSocket is read no faster than the caller reads.
+CHANNEL_MAX_BYTES = 1024 * 1024
+
+
+class EventChannel:
+    """The events of one answer for one caller, bounded by size.
+
+    `put` waits while the events not yet read exceed `max_bytes` (back-pressure, nothing dropped);
+    `close` ends the channel (puts after it are ignored); `get` returns what is left, then None.
+    """
+
+    def __init__(self, max_bytes: int = CHANNEL_MAX_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._events: deque[tuple[Event, int]] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+
+    async def put(self, event: Event, size: int = 0) -> None:
+        while not self._closed and self._bytes >= self._max_bytes:
+            self._writable.clear()
+            await self._writable.wait()
+        if not self._closed:
+            self._events.append((event, size))
+            self._bytes += size
+            self._readable.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._readable.set()
+        self._writable.set()
+
+    async def get(self, idle_seconds: float | None = None) -> Event | None:
+        """The next event, or None once the channel is closed and empty; TimeoutError when nothing
+        came for `idle_seconds`."""
+        while not self._events:
+            if self._closed:
+                return None
+            self._readable.clear()
+            async with asyncio.timeout(idle_seconds):
+                await self._readable.wait()
+        event, size = self._events.popleft()
+        self._bytes -= size
+        self._writable.set()
+        return event
+
+
+class AudioFile:
+    """The stored audio file being written: the format's encoder feeding a block writer."""
+
+    def __init__(self, encoder: AudioEncoder, writer: BlockBlobWriter) -> None:
+        self._encoder = encoder
+        self._writer = writer
+        self._ended = False
+
+    async def write(self, chunk: bytes) -> bytes:
+        """Encode the model's next audio; returns the file bytes it became (maybe none yet)."""
+        body = self._encoder.encode(chunk)
+        if body:
+            await self._writer.write(body)
+        return body
+
+    async def end(self) -> bytes:
+        """The audio has ended: write what the encoder still held and hand the header to the writer,
+        which starts staging the rest. Returns the last body bytes (none when called again)."""
+        if self._ended:
+            return b""
+        self._ended = True
+        tail = self._encoder.flush()
+        if tail:
+            await self._writer.write(tail)
+        self._writer.finish(self._encoder.header())
+        return tail
+
+    async def facts(self) -> AudioFacts:
+        """What the whole file is, once the audio has ended."""
+        await self.end()
+        return self._encoder.facts()
+
+    async def commit(self) -> None:
+        """Make the file visible, in one request."""
+        await self._writer.commit()
+
+    async def abort(self) -> None:
+        await self._writer.abort()
+
+
+class AnswerStream:
+    """Hears the realtime answer: the stored file always, the caller's channel when there is one."""
+
+    def __init__(self, file: AudioFile, channel: EventChannel | None) -> None:
+        self.file = file
+        self._channel = channel
+
+    async def audio(self, chunk: bytes) -> None:
+        await self._send_audio(await self.file.write(chunk))
+
+    async def audio_done(self) -> None:
+        await self._send_audio(await self.file.end())
+
+    async def transcript_delta(self, delta: str) -> None:
+        if self._channel is not None:
+            await self._channel.put({"type": "speech.transcript.delta", "delta": delta}, len(delta))
+
+    async def _send_audio(self, body: bytes) -> None:
+        if self._channel is not None and body:
+            audio = base64.b64encode(body).decode()
+            await self._channel.put({"type": "speech.audio.delta", "audio": audio}, len(audio))

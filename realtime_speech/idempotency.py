@@ -1,0 +1,136 @@
+"""`Idempotency-Key`: the first successful answer for a key is kept and handed out again instead of
+opening another model session.
+
+The answer is kept in a record (`idempotency/<sha256 of the key>.json`, with a fingerprint of the
+request; the key itself is never stored). Within one process, requests with a key that is still being
+answered wait for that answer and share it. Across instances, the record is written only if none
+exists (one conditional request), so every caller of a key gets the same answer; two instances that
+start the same key at the same moment may each pay for a session, and the later one discards its own.
+
+This module knows records, not how answers are made: the service claims a key, asks the claim for an
+earlier answer and, when there is none, produces one and hands it to `Claim.keep`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from .errors import IdempotencyKeyReused, StorageUnavailable, UpstreamFailed
+from .models import SpeechRecord
+
+IDEMPOTENCY_PREFIX = "idempotency/"
+
+
+class RecordStore(Protocol):
+    """Where records live (the audio container, or a dict in the tests)."""
+
+    async def load_record(self, blob_name: str) -> dict[str, Any] | None: ...
+
+    async def save_record(
+        self, blob_name: str, record: dict[str, Any], *, only_if_new: bool = False
+    ) -> bool: ...
+
+
+Discard = Callable[[SpeechRecord], Awaitable[None]]
+"""Removes an answer that will not be handed out (its audio and record)."""
+
+
+def record_name(key: str) -> str:
+    """Where the first answer for an idempotency key is kept."""
+    return f"{IDEMPOTENCY_PREFIX}{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+class IdempotencyKeys:
+    """The keys this process is answering right now, and the records of those answered before."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self._store = store
+        self._in_flight: dict[str, asyncio.Future[tuple[str, SpeechRecord]]] = {}
+
+    def claim(self, key: str, fingerprint: str) -> Claim:
+        """Claim `key` for a request whose body has `fingerprint`. Synchronous, so that of two requests
+        arriving together exactly one owns the key; the other waits for the owner's answer."""
+        first = self._in_flight.get(key)
+        if first is not None:
+            return Claim(self._store, key, fingerprint, first, owner=False)
+        first = self._in_flight[key] = asyncio.get_running_loop().create_future()
+        first.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return Claim(self._store, key, fingerprint, first, owner=True)
+
+
+class Claim:
+    """One request's hold on a key. The owner answers (or finds the stored answer) and settles the
+    key for everyone waiting on it; the others only wait."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        key: str,
+        fingerprint: str,
+        first: asyncio.Future[tuple[str, SpeechRecord]],
+        *,
+        owner: bool,
+    ) -> None:
+        self._store = store
+        self._name = record_name(key)
+        self._fingerprint = fingerprint
+        self._first = first
+        self.owner = owner
+
+    async def earlier(self) -> SpeechRecord | None:
+        """The key's earlier answer (in flight in this process, or stored), or None when this request
+        must answer. Raises IdempotencyKeyReused when that answer was for another request body."""
+        if self.owner:
+            kept = await self._store.load_record(self._name)
+            if kept is None:
+                return None
+            self._settle(kept["fingerprint"], SpeechRecord.model_validate(kept["result"]))
+        fingerprint, record = await asyncio.shield(self._first)
+        if fingerprint != self._fingerprint:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was first used with a different request body; "
+                "use a new key for a new request."
+            )
+        return record
+
+    async def keep(self, record: SpeechRecord, discard: Discard) -> tuple[SpeechRecord, bool]:
+        """Keep the owner's new answer for the key, unless another instance kept one first: then the
+        new answer is discarded and the kept one returned. Returns the answer and whether it is an
+        earlier one."""
+        document = {"fingerprint": self._fingerprint, "result": record.model_dump(mode="json")}
+        try:
+            saved = await self._store.save_record(self._name, document, only_if_new=True)
+        except BaseException:
+            await discard(record)
+            raise
+        if saved:
+            self._settle(self._fingerprint, record)
+            return record, False
+        await discard(record)
+        kept = await self._store.load_record(self._name)
+        if kept is None:
+            raise StorageUnavailable("The idempotency record changed while it was read; retry.")
+        first = SpeechRecord.model_validate(kept["result"])
+        self._settle(kept["fingerprint"], first)
+        if kept["fingerprint"] != self._fingerprint:
+            raise IdempotencyKeyReused("This Idempotency-Key was used by a concurrent, different request.")
+        return first, True
+
+    def fail(self, error: BaseException) -> None:
+        """The owner could not answer: the requests waiting on the key fail alike (only successes are
+        kept, so a retry opens a new session)."""
+        if self.owner and not self._first.done():
+            if isinstance(error, asyncio.CancelledError):  # the owner's caller left
+                error = UpstreamFailed(
+                    "The first request with this Idempotency-Key was abandoned before its answer was "
+                    "complete; retry."
+                )
+            self._first.set_exception(error)
+            self._first.exception()  # retrieved: nobody may be waiting
+
+    def _settle(self, fingerprint: str, record: SpeechRecord) -> None:
+        if not self._first.done():
+            self._first.set_result((fingerprint, record))
