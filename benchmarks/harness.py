@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import resource
 import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
-import azure.functions as func
 from azure.identity.aio import ManagedIdentityCredential
 from azure.storage.blob.aio import BlobServiceClient
 from openai import AsyncOpenAI
 
 import function_app
+from devtools.driver import FunctionDriver
 from realtime_speech import http
 from realtime_speech.realtime import VoiceRequest, session_config
 from realtime_speech.settings import get_settings
@@ -61,26 +60,20 @@ class Outcome:
 
 
 class SpeechFunction:
-    """`POST /api/speech` as the Functions worker calls it: the user function of `function_app.app`."""
+    """`POST /api/speech` through the function app's ASGI app, in process (`devtools.driver`)."""
 
     def __init__(self) -> None:
-        functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
-        self._handler = functions["speech"]
+        self._driver = FunctionDriver(function_app.app)
 
     async def call(self, text: str) -> Outcome:
-        request = func.HttpRequest(
-            method="POST",
-            url="http://127.0.0.1/api/speech",
-            headers={"content-type": "application/json"},
-            body=json.dumps({"text": text}).encode(),
-        )
         started = time.perf_counter()
-        response = await self._handler(request)
+        response = await self._driver.post_speech({"text": text})
         elapsed = time.perf_counter() - started
-        return Outcome(response.status_code, elapsed, json.loads(response.get_body()))
+        return Outcome(response.status_code, elapsed, response.json())
 
     async def close(self) -> None:
-        await http.speech_service().close()
+        await self._driver.aclose()
+        await (await http.speech_service()).close()
 
 
 class BareRealtime:

@@ -40,6 +40,7 @@ from devtools.process import (
     ServiceProcess,
     free_port,
     http_probe,
+    tcp_probe,
 )
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".devstate"
@@ -111,6 +112,10 @@ class Stack:
         self._azurite: ServiceProcess | None = None
         self.emulator: ServiceProcess | None = None
         """The realtime emulator, None when this stack runs without it."""
+        self.extra_emulators: list[ServiceProcess] = []
+        """More emulators (backends of a pool), started with `start_emulator`."""
+        self._ingest: ServiceProcess | None = None
+        self.instrumentation_key = str(uuid.uuid4())
         self.emulator_tls_port: int | None = None
         self.hosts: list[ServiceProcess] = []
         self._previous_sigterm: signal.Handlers | Callable[..., object] | int | None = None
@@ -124,7 +129,7 @@ class Stack:
         self._exit_cleanly_on_sigterm()
         try:
             self._certs = certs = ensure_dev_certs(self.state_dir)
-            services = [self._make_identity(certs), self._make_azurite(certs)]
+            services = [self._make_identity(certs), self._make_azurite(certs), self._make_ingest(certs)]
             if self.with_emulator:
                 services.append(self._make_emulator(certs))
             for service in services:
@@ -140,7 +145,8 @@ class Stack:
     def close(self) -> None:
         """Stop hosts first, then the stand-ins; keep going if one of them fails to stop."""
         errors: list[BaseException] = []
-        for service in [*reversed(self.hosts), self.emulator, self._azurite, self._identity]:
+        stand_ins = [*self.extra_emulators, self.emulator, self._ingest, self._azurite, self._identity]
+        for service in [*reversed(self.hosts), *stand_ins]:
             if service is None:
                 continue
             try:
@@ -184,7 +190,8 @@ class Stack:
     @property
     def services(self) -> list[ServiceProcess]:
         """Every service this stack started (stand-ins and hosts), running or not."""
-        started = [self._identity, self._azurite, self.emulator, *self.hosts]
+        started = [self._identity, self._azurite, self._ingest, self.emulator, *self.extra_emulators]
+        started += self.hosts
         return [service for service in started if service is not None]
 
     @property
@@ -247,6 +254,35 @@ class Stack:
         if self.emulator is not None:
             settings["AZURE_OPENAI_ENDPOINT"] = self.openai_endpoint
         return _apply_overrides(settings, overrides)
+
+    @property
+    def ingest(self) -> ServiceProcess:
+        """The Application Insights ingestion stand-in (`devtools.appinsights_ingest`)."""
+        return self._require(self._ingest, "ingestion stand-in")
+
+    def telemetry_settings(self) -> dict[str, str]:
+        """App settings that send the app's telemetry to the ingestion stand-in, authenticated with
+        the managed identity, with short export intervals and nothing sent anywhere else."""
+        endpoint = f"{self.ingest.url}/"
+        return {
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": (
+                f"InstrumentationKey={self.instrumentation_key};IngestionEndpoint={endpoint};"
+                f"LiveEndpoint={endpoint}"
+            ),
+            "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": f"Authorization=AAD;ClientId={self.client_id}",
+            "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+            "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_BLRP_SCHEDULE_DELAY": "200",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        }
+
+    def start_emulator(self, name: str, args: Sequence[str] = ()) -> ServiceProcess:
+        """Another realtime emulator (e.g. a second backend of a pool), stopped with the stack."""
+        argv = self._emulator_argv(self.certs, tls=False) + list(args)
+        emulator = self._service(name, argv, http_probe("/_emulator/health"))
+        self.extra_emulators.append(emulator)
+        return emulator.start()
 
     def identity_stats(self) -> dict[str, object]:
         """Counts of tokens issued (per resource) and refused by the identity endpoint."""
@@ -322,21 +358,34 @@ class Stack:
         return self._azurite
 
     def _make_emulator(self, certs: DevCerts) -> ServiceProcess:
+        argv = self._emulator_argv(certs, tls=self.emulator_tls) + self.emulator_args
+        self.emulator = self._service(
+            "emulator", argv, http_probe("/_emulator/health"), port=self.ports.emulator
+        )
+        return self.emulator
+
+    def _emulator_argv(self, certs: DevCerts, *, tls: bool) -> list[str]:
         argv = [
             *(sys.executable, "-m", "devtools.realtime_emulator"),
             *("--port", PORT_PLACEHOLDER, "--host", LOOPBACK),
             f"--api-key={self.emulator_api_key}",
             *("--token-public-key", str(certs.token_signing_public_key)),
         ]
-        if self.emulator_tls:
+        if tls:
             self.emulator_tls_port = free_port()
             argv += ["--tls-port", str(self.emulator_tls_port)]
             argv += ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
-        argv += self.emulator_args
-        self.emulator = self._service(
-            "emulator", argv, http_probe("/_emulator/health"), port=self.ports.emulator
-        )
-        return self.emulator
+        return argv
+
+    def _make_ingest(self, certs: DevCerts) -> ServiceProcess:
+        argv = [
+            *(sys.executable, "-m", "devtools.appinsights_ingest"),
+            *("--port", PORT_PLACEHOLDER, "--host", LOOPBACK),
+            *("--token-public-key", str(certs.token_signing_public_key)),
+            *("--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)),
+        ]
+        self._ingest = self._service("ingest", argv, tcp_probe, scheme="https")
+        return self._ingest
 
     def _service(
         self, name: str, argv: Sequence[str], probe: Probe, *, scheme: str = "http", port: int | None = None

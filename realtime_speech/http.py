@@ -59,13 +59,11 @@ CLIENT_CLOSED_REQUEST = 499
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _SAFE_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,128}")
 _JSON_MEDIA_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
+# The page carries its own Content-Security-Policy (hashes of its inline script and style); these add
+# what a meta tag cannot say.
 _PLAYGROUND_HEADERS = {
-    "Cache-Control": "no-cache",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; media-src 'self' https: blob:; img-src 'self' data:; base-uri 'none'; "
-        "form-action 'none'; frame-ancestors 'none'"
-    ),
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -320,6 +318,7 @@ def _log_request(
     if result is not None:
         fields["audio_seconds"] = result.audio.duration_seconds
         fields["response_status"] = result.status
+        fields["backend"] = result.backend
     if replayed:
         fields["replayed"] = True
     if stream:
@@ -337,7 +336,9 @@ async def health(req: Request) -> Response:
     except SettingsError as exc:
         report.update(status="misconfigured", problems=exc.problems)
     if report["status"] == "ok" and req.query_params.get("probe", "").lower() in ("1", "true", "yes"):
-        report["checks"] = await (await speech_service()).probe()
+        service = await speech_service()
+        report["checks"] = await service.probe()
+        report["backends"] = service.pool.status()
         if any(check != "ok" for check in report["checks"].values()):
             report["status"] = "degraded"
     return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)

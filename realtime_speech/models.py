@@ -76,6 +76,7 @@ class SpeechRecord(BaseModel):
     blob_name: str
     audio: AudioFacts
     voice: str
+    backend: str | None = Field(None, description="The model backend that answered (its pool name).")
     session_id: str | None
     response_id: str | None
     status: str

@@ -68,20 +68,6 @@ DEFAULT_COOLING_SECONDS = DEFAULT_RETRY_AFTER_SECONDS
 log = logging.getLogger("realtime_speech.pool")
 
 
-class Refused(Exception):
-    """What `open_backend` raises when a backend refused the handshake or could not be reached.
-
-    `error` is what a caller would see; `asked_retry_after` is the wait the endpoint itself asked for
-    (its Retry-After header), None when it gave none: only then does the backoff apply. A plain
-    `ServiceError` raised by `open_backend` counts as a refusal that asked for nothing.
-    """
-
-    def __init__(self, error: ServiceError, *, asked_retry_after: float | None = None) -> None:
-        super().__init__(error.detail)
-        self.error = error
-        self.asked_retry_after = asked_retry_after
-
-
 @dataclass(eq=False)
 class _Backend:
     settings: BackendSettings
@@ -243,7 +229,7 @@ class BackendPool:
         backend.in_flight -= 1
         self._end_probe(slot)
         if isinstance(error, UpstreamRateLimited):
-            self._cool(backend, error.retry_after)
+            self._cool(backend, error.asked_retry_after)
         elif isinstance(error, UpstreamUnavailable):
             self._count_failure(backend)
 
@@ -310,8 +296,9 @@ async def connect(
 ) -> Lease[T]:
     """Open a session on the best available backend, spilling over on refusals (module docstring).
 
-    `open_backend` performs one handshake and raises `Refused` or a `ServiceError` when it fails;
-    `deadline` is event-loop time. The caller must `release()` the lease when the session ends.
+    `open_backend` performs one handshake and raises a `ServiceError` when it fails (its
+    `asked_retry_after` is the endpoint's Retry-After); `deadline` is event-loop time.
+    The caller must `release()` the lease when the session ends.
     """
     loop = asyncio.get_running_loop()
     last: ServiceError | None = None
@@ -322,10 +309,11 @@ async def connect(
             tried.add(slot.backend.name)
             try:
                 value = await _attempt(pool, slot, open_backend)
-            except (Refused, ServiceError) as exc:
-                last, asked = (exc.error, exc.asked_retry_after) if isinstance(exc, Refused) else (exc, None)
+            except ServiceError as exc:
+                last = exc
                 if not isinstance(last, UpstreamRateLimited | UpstreamUnavailable):
-                    raise last from None
+                    raise
+                asked = last.asked_retry_after
                 waits.append(asked if asked is not None else pool._backoff(attempt))
                 continue
             return Lease(pool, slot.backend.settings, value)
@@ -347,8 +335,7 @@ async def _attempt(
     try:
         value = await open_backend(slot.backend.settings)
     except BaseException as exc:
-        error = exc.error if isinstance(exc, Refused) else exc
-        pool._refused(slot, error if isinstance(error, ServiceError) else None)
+        pool._refused(slot, exc if isinstance(exc, ServiceError) else None)
         raise
     pool._connected(slot)
     return value

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import random
 import re
 from contextlib import suppress
 from dataclasses import dataclass
@@ -39,9 +38,6 @@ from .identity import openai_token_provider
 from .models import Timeline
 from .wav import PCM16_24KHZ_MONO
 
-CONNECT_ATTEMPTS = 4
-FIRST_BACKOFF_SECONDS = 0.2
-MAX_BACKOFF_SECONDS = 4.0
 CANCEL_SECONDS = 1.0
 # websockets waits 10 s by default for each; a stuck peer must not hold a request (or its cleanup) that long.
 WEBSOCKET_OPTIONS = {"open_timeout": 10.0, "close_timeout": 2.0}
@@ -142,20 +138,6 @@ class RealtimeBackend:
     async def close(self) -> None:
         await self._client.close()
 
-    async def open_within(self, deadline: float) -> RealtimeSession:
-        """Connect, retrying refusals that happen before any output with backoff and jitter; the
-        endpoint's `Retry-After` replaces the backoff. No retry would end after the deadline."""
-        loop = asyncio.get_running_loop()
-        for attempt in range(1, CONNECT_ATTEMPTS + 1):
-            try:
-                return await self.open()
-            except ServiceError as error:
-                delay = error.asked_retry_after if error.asked_retry_after is not None else _backoff(attempt)
-                if not _retryable(error) or attempt == CONNECT_ATTEMPTS or loop.time() + delay >= deadline:
-                    raise
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
 
 class RealtimeSession:
     """One open realtime connection: asks once and streams the answer to a listener."""
@@ -202,15 +184,6 @@ class RealtimeSession:
                 if self._answering:
                     await self._connection.send(ResponseCancelEvent(type="response.cancel"))
                 await self._connection.close()
-
-
-def _backoff(attempt: int) -> float:
-    """Full-jitter exponential backoff."""
-    return random.uniform(0, min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2**attempt))
-
-
-def _retryable(error: ServiceError) -> bool:
-    return isinstance(error, UpstreamRateLimited | UpstreamUnavailable)
 
 
 def connect_error(exc: Exception) -> ServiceError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
@@ -27,8 +27,9 @@ from .errors import DeadlineExceeded, ServiceError
 from .idempotency import Claim, IdempotencyKeys
 from .identity import app_credential, openai_token_provider
 from .models import SpeechRecord, SpeechRequest, SpeechResult, Timeline
+from .pool import BackendPool, Lease, connect
 from .realtime import RealtimeBackend, RealtimeSession, VoiceRequest, realtime_client
-from .settings import Settings
+from .settings import BackendSettings, Settings
 from .storage import AudioStore, blob_service_client
 
 T = TypeVar("T")
@@ -49,20 +50,25 @@ class Question:
 class SpeechService:
     """Process-wide: the credential, the model client and the storage clients are made once and shared.
 
-    Built from its parts (`SpeechService(settings, store, backend)`), or from the settings alone with
-    `from_settings`.
+    Built from its parts (`SpeechService(settings, store, backends, credential)`), or from the settings
+    alone with `from_settings`. Sessions go to the backends through a process-wide `BackendPool`.
     """
 
     def __init__(
         self,
         settings: Settings,
         store: AudioStore,
-        backend: RealtimeBackend,
+        backends: Sequence[RealtimeBackend],
         credential: AsyncTokenCredential,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.backend = backend
+        self.backends = {backend.name: backend for backend in backends}
+        self.pool = BackendPool(
+            settings.backends(),
+            failure_threshold=settings.azure_openai_circuit_failures,
+            cooldown_seconds=settings.azure_openai_circuit_cooldown_seconds,
+        )
         self.credential = credential
         self._keys = IdempotencyKeys(store)
 
@@ -77,10 +83,16 @@ class SpeechService:
             timedelta(minutes=settings.audio_url_ttl_minutes),
         )
         key = settings.azure_openai_api_key.get_secret_value() if settings.azure_openai_api_key else None
-        (backend_settings,) = settings.backends()
-        client = realtime_client(str(backend_settings.endpoint), key, credential)
-        backend = RealtimeBackend(backend_settings.name, client, backend_settings.deployment, key)
-        return cls(settings, store, backend, credential)
+        backends = [
+            RealtimeBackend(
+                backend.name,
+                realtime_client(str(backend.endpoint), key, credential),
+                backend.deployment,
+                key,
+            )
+            for backend in settings.backends()
+        ]
+        return cls(settings, store, backends, credential)
 
     async def start(
         self,
@@ -117,7 +129,7 @@ class SpeechService:
         claim: Claim | None,
     ) -> Answering:
         question = self.question(request)
-        session = await self._within(deadline, self.backend.open_within(deadline))
+        lease = await self._within(deadline, connect(self.pool, self._open, deadline))
         timeline.mark("connected")
         blob_name = f"{datetime.now(UTC):%Y/%m/%d}/{uuid4().hex}{question.output.extension}"
         channel = EventChannel() if events else None
@@ -126,7 +138,7 @@ class SpeechService:
         stream = AnswerStream(AudioFile(encoder, writer), channel)
         known = encoder.facts().model_dump(include=STARTED_FACTS, exclude_none=True)
         started = {"type": "speech.started", "request_id": request_id, "blob_name": blob_name, **known}
-        work = self._answer(session, question, stream, blob_name, request_id, timeline, claim)
+        work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim)
         task = asyncio.ensure_future(self._within(deadline, work))
         if channel is not None:
             task.add_done_callback(lambda _: channel.close())
@@ -145,9 +157,12 @@ class SpeechService:
         )
         return Question(voice, output)
 
+    async def _open(self, backend: BackendSettings) -> RealtimeSession:
+        return await self.backends[backend.name].open()
+
     async def _answer(
         self,
-        session: RealtimeSession,
+        lease: Lease[RealtimeSession],
         question: Question,
         stream: AnswerStream,
         blob_name: str,
@@ -160,9 +175,10 @@ class SpeechService:
         and whether it is an earlier answer (another instance kept one for the key first)."""
         try:
             try:
-                spoken = await session.answer(question.voice, stream, timeline)
+                spoken = await lease.value.answer(question.voice, stream, timeline)
             finally:
-                await session.close()
+                await lease.value.close()
+                lease.release()
             record = SpeechRecord(
                 request_id=request_id,
                 transcript=spoken.transcript,
@@ -170,6 +186,7 @@ class SpeechService:
                 blob_name=blob_name,
                 audio=await stream.file.facts(),
                 voice=question.voice.voice,
+                backend=lease.name,
                 session_id=spoken.session_id,
                 response_id=spoken.response_id,
                 status=spoken.status,
@@ -259,7 +276,8 @@ class SpeechService:
 
     async def close(self) -> None:
         await self.store.close()
-        await self.backend.close()
+        for backend in self.backends.values():
+            await backend.close()
         await self.credential.close()
 
 

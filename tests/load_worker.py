@@ -285,7 +285,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for found in await asyncio.gather(*(audio_problems(case) for case in checked)):
             problems += found
     problems += check_keyed_pairs(cases)
-    await speech_service().close()
+    await (await speech_service()).close()
 
     seconds = sorted(case.seconds for case in cases)
     report.update(

@@ -14,7 +14,7 @@ import pytest
 from benchmarks import markdown, records, summaries
 from benchmarks.registry import BENCHMARKS
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS_TEXT = (HERE / "results.json").read_text()
 
 

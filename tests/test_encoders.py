@@ -77,7 +77,6 @@ def test_a_pcm_wav_is_the_model_audio_behind_a_44_byte_header(seconds: float) ->
         "sample_rate": RATE,
         "channels": 1,
         "bits_per_sample": 16,
-        "bitrate_kbps": None,
         "duration_seconds": round(len(audio) / 48_000, 3),
         "bytes": len(stored),
     }

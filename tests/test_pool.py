@@ -25,7 +25,6 @@ from realtime_speech.pool import (
     DEFAULT_COOLING_SECONDS,
     BackendPool,
     Lease,
-    Refused,
     connect,
 )
 from realtime_speech.settings import BackendSettings
@@ -92,7 +91,7 @@ def down() -> Exception:
 
 
 def limited(seconds: float | None) -> Failure:
-    return lambda: Refused(UpstreamRateLimited("HTTP 429", retry_after=seconds), asked_retry_after=seconds)
+    return lambda: UpstreamRateLimited("HTTP 429", retry_after=seconds)
 
 
 def backend(name: str, priority: int = 1, weight: int = 1) -> BackendSettings:
@@ -328,8 +327,8 @@ async def test_failures_below_the_threshold_are_retried_after_a_backoff_until_th
 
 async def test_between_passes_the_shortest_wait_asked_is_made() -> None:
     pool, opener, sleep = make_pool(backend("a"), backend("b")), FakeOpen(), RecordedSleep()
-    opener.fail_next("a", lambda: Refused(UpstreamUnavailable("HTTP 503"), asked_retry_after=3))
-    opener.fail_next("b", lambda: Refused(UpstreamUnavailable("HTTP 503"), asked_retry_after=2))
+    opener.fail_next("a", lambda: UpstreamUnavailable("HTTP 503", retry_after=3))
+    opener.fail_next("b", lambda: UpstreamUnavailable("HTTP 503", retry_after=2))
     (await connect(pool, opener, far(), sleep=sleep)).release()
     assert (sorted(opener.attempts[:2]), sleep.waits) == (["a", "b"], [2])
 
@@ -356,7 +355,7 @@ async def test_open_and_cooling_together_is_a_429_with_the_earliest_return(
     "failure",
     [
         lambda: UpstreamAuthFailed("HTTP 401"),
-        lambda: Refused(UpstreamAuthFailed("HTTP 403")),
+        lambda: UpstreamAuthFailed("HTTP 403"),
         lambda: UpstreamFailed("HTTP 404"),
         lambda: RuntimeError("a bug"),
     ],
@@ -365,7 +364,7 @@ async def test_errors_a_retry_cannot_fix_propagate_without_spill_over(failure: F
     pool, opener = make_pool(backend("a"), backend("b", priority=2)), FakeOpen()
     opener.fail_next("a", failure)
     expected = failure()
-    with pytest.raises(type(expected.error if isinstance(expected, Refused) else expected)):
+    with pytest.raises(type(expected)):
         await session(pool, opener)
     assert opener.attempts == ["a"]
     after = state(pool, "a")
@@ -439,7 +438,7 @@ async def test_a_pool_of_one_waits_what_retry_after_asks_and_never_cools() -> No
     pool, opener, sleep = make_pool(backend("only")), FakeOpen(), RecordedSleep()
     opener.fail_next("only", limited(2), times=2)
     opener.fail_next(
-        "only", lambda: Refused(UpstreamUnavailable("HTTP 503", retry_after=1), asked_retry_after=1)
+        "only", lambda: UpstreamUnavailable("HTTP 503", retry_after=1)
     )
     lease = await connect(pool, opener, far(), sleep=sleep)
     assert (lease.name, sleep.waits, len(opener.attempts)) == ("only", [2, 2, 1], 4)
