@@ -437,9 +437,7 @@ async def test_a_pool_of_one_retries_with_full_jitter_backoff_and_never_opens() 
 async def test_a_pool_of_one_waits_what_retry_after_asks_and_never_cools() -> None:
     pool, opener, sleep = make_pool(backend("only")), FakeOpen(), RecordedSleep()
     opener.fail_next("only", limited(2), times=2)
-    opener.fail_next(
-        "only", lambda: UpstreamUnavailable("HTTP 503", retry_after=1)
-    )
+    opener.fail_next("only", lambda: UpstreamUnavailable("HTTP 503", retry_after=1))
     lease = await connect(pool, opener, far(), sleep=sleep)
     assert (lease.name, sleep.waits, len(opener.attempts)) == ("only", [2, 2, 1], 4)
     assert state(pool, "only")["state"] == "ok"
