@@ -15,6 +15,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from uuid import uuid4
@@ -29,6 +30,7 @@ from azurefunctions.extensions.http.fastapi import (
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from . import telemetry
 from .errors import (
     InvalidRequest,
     NotConfigured,
@@ -43,6 +45,7 @@ from .service import Answering, SpeechService
 from .settings import SettingsError, get_settings, settings_status
 
 install_redaction()
+telemetry.configure()
 log = logging.getLogger("realtime_speech")
 # The Azure SDK logs every HTTP request and response at INFO; one line per request is ours to write.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -100,25 +103,27 @@ async def speech(req: Request) -> Response:
     """`POST /api/speech`: a question in; its spoken answer's URL and transcript out, as JSON or as
     the events of the answer while it is spoken."""
     request_id = _request_id(req.headers)
-    timeline = Timeline()
+    trace = telemetry.start_request(
+        "POST", "/api/speech", req.headers, request_id=request_id, url=str(req.url)
+    )
+    outcome = Outcome(request_id, Timeline(), trace)
     try:
         speech_request = parse_speech_request(req.headers.get("content-type"), await read_body(req))
         key = idempotency_key(req.headers)
         events = wants_event_stream(req.headers.get("accept"))
-        answering = await (await speech_service()).start(
-            speech_request, request_id, timeline, key, events=events
-        )
+        service = await speech_service()
+        answering = await service.start(speech_request, request_id, outcome.timeline, key, events=events)
         if events:
-            return SpeechEventStream(answering, request_id, timeline)
+            return SpeechEventStream(answering, outcome)  # it records the outcome when the stream ends
         result = await answering.result()
-        _log_request(request_id, 200, timeline, result=result, replayed=answering.replayed)
+        outcome.record(200, result=result, replayed=answering.replayed)
         return _success_response(result, request_id, answering.replayed)
     except ServiceError as exc:
-        _log_request(request_id, exc.status, timeline, error=exc.code)
+        outcome.record(exc.status, error=exc.code)
         return problem_response(exc, request_id)
     except Exception:
         log.exception("request_id=%s unexpected failure", request_id)
-        _log_request(request_id, 500, timeline, error="internal-error")
+        outcome.record(500, error="internal-error")
         return problem_response(ServiceError("The request failed unexpectedly."), request_id)
 
 
@@ -217,14 +222,18 @@ class SpeechEventStream(StreamingResponse):
     then, with nothing committed).
     """
 
-    def __init__(self, answering: Answering, request_id: str, timeline: Timeline) -> None:
-        headers = {REQUEST_ID_HEADER: request_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    def __init__(self, answering: Answering, outcome: Outcome) -> None:
+        headers = {
+            REQUEST_ID_HEADER: outcome.request_id,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
         if answering.replayed:
             headers[REPLAYED_HEADER] = "true"
         super().__init__(self._frames(), media_type=EVENT_STREAM, headers=headers)
         self._answering = answering
-        self._request_id = request_id
-        self._timeline = timeline
+        self._request_id = outcome.request_id
+        self._record = outcome
         self._outcome: tuple[int, SpeechResult | None, str | None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -273,15 +282,10 @@ class SpeechEventStream(StreamingResponse):
                 await self._answering.abandon()
                 self._outcome = (CLIENT_CLOSED_REQUEST, None, "client-closed-request")
         status, result, error = self._outcome
-        _log_request(
-            self._request_id,
-            status,
-            self._timeline,
-            result=result,
-            error=error,
-            replayed=self._answering.replayed,
-            stream=True,
+        self._record.record(
+            status, result=result, error=error, replayed=self._answering.replayed, stream=True
         )
+        self._record.trace.close()
 
 
 async def _until_disconnected(receive: Receive) -> None:
@@ -301,31 +305,48 @@ def _request_id(headers: Mapping[str, str]) -> str:
     return given if _SAFE_REQUEST_ID.fullmatch(given) else uuid4().hex
 
 
-def _log_request(
-    request_id: str,
-    status: int,
-    timeline: Timeline,
-    *,
-    result: SpeechResult | None = None,
-    error: str | None = None,
-    replayed: bool = False,
-    stream: bool = False,
-) -> None:
-    """One structured line per request: id, outcome, the duration of each phase reached and the
-    audio's length; never a secret."""
-    fields: dict[str, Any] = {"request_id": request_id, "status": status, "total_ms": timeline.elapsed_ms()}
-    fields.update((f"{phase}_ms", ms) for phase, ms in timeline.phases_ms().items())
-    if result is not None:
-        fields["audio_seconds"] = result.audio.duration_seconds
-        fields["response_status"] = result.status
-        fields["backend"] = result.backend
-    if replayed:
-        fields["replayed"] = True
-    if stream:
-        fields["stream"] = True
-    if error:
-        fields["error"] = error
-    log.info("speech %s", json.dumps(fields, separators=(",", ":")))
+@dataclass(frozen=True)
+class Outcome:
+    """Where a request's outcome goes: one structured log line and its telemetry (span and metrics)."""
+
+    request_id: str
+    timeline: Timeline
+    trace: telemetry.RequestTelemetry | telemetry.NoRequest
+
+    def record(
+        self,
+        status: int,
+        *,
+        result: SpeechResult | None = None,
+        error: str | None = None,
+        replayed: bool = False,
+        stream: bool = False,
+    ) -> None:
+        """Log id, outcome, the duration of each phase reached and the audio's length (never a
+        secret), and end the request's telemetry with the same facts."""
+        timeline = self.timeline
+        fields: dict[str, Any] = {"request_id": self.request_id, "status": status}
+        fields["total_ms"] = timeline.elapsed_ms()
+        fields.update((f"{phase}_ms", ms) for phase, ms in timeline.phases_ms().items())
+        if result is not None:
+            fields["audio_seconds"] = result.audio.duration_seconds
+            fields["response_status"] = result.status
+            fields["backend"] = result.backend
+        if replayed:
+            fields["replayed"] = True
+        if stream:
+            fields["stream"] = True
+        if error:
+            fields["error"] = error
+        log.info("speech %s", json.dumps(fields, separators=(",", ":")))
+        self.trace.end(
+            status,
+            problem_type=error,
+            first_audio_ms=timeline.marks.get("first_audio"),
+            audio_seconds=result.audio.duration_seconds if result else None,
+            response_status=result.status if result else None,
+        )
+        self.trace.close()
 
 
 async def health(req: Request) -> Response:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from uuid import uuid4
 
 from azure.core.credentials_async import AsyncTokenCredential
 
+from . import telemetry
 from .answer import AnswerStream, AudioFile, Event, EventChannel
 from .encoders import OUTPUT_FORMATS, OutputFormat
 from .errors import DeadlineExceeded, ServiceError
@@ -129,8 +131,16 @@ class SpeechService:
         claim: Claim | None,
     ) -> Answering:
         question = self.question(request)
-        lease = await self._within(deadline, connect(self.pool, self._open, deadline))
+        attempts = itertools.count(1)
+
+        async def open_backend(backend: BackendSettings) -> RealtimeSession:
+            with telemetry.attempt(backend.name, next(attempts)):
+                return await self.backends[backend.name].open()
+
+        with telemetry.phase("connect"):
+            lease = await self._within(deadline, connect(self.pool, open_backend, deadline))
         timeline.mark("connected")
+        telemetry.set_attributes(backend=lease.name, voice=question.voice.voice, format=question.output.name)
         blob_name = f"{datetime.now(UTC):%Y/%m/%d}/{uuid4().hex}{question.output.extension}"
         channel = EventChannel() if events else None
         encoder = question.output.encoder(mp3_bitrate_kbps=self.settings.audio_mp3_bitrate_kbps)
@@ -157,9 +167,6 @@ class SpeechService:
         )
         return Question(voice, output)
 
-    async def _open(self, backend: BackendSettings) -> RealtimeSession:
-        return await self.backends[backend.name].open()
-
     async def _answer(
         self,
         lease: Lease[RealtimeSession],
@@ -175,10 +182,12 @@ class SpeechService:
         and whether it is an earlier answer (another instance kept one for the key first)."""
         try:
             try:
-                spoken = await lease.value.answer(question.voice, stream, timeline)
+                with telemetry.phase("stream"):
+                    spoken = await lease.value.answer(question.voice, stream, timeline)
             finally:
                 await lease.value.close()
                 lease.release()
+            telemetry.record_usage(spoken.usage)
             record = SpeechRecord(
                 request_id=request_id,
                 transcript=spoken.transcript,
@@ -194,12 +203,14 @@ class SpeechService:
                 usage=spoken.usage,
                 timings_ms=timeline.marks,
             )
-            await self._commit(stream.file, record)
+            with telemetry.phase("commit"):
+                await self._commit(stream.file, record)
         except BaseException:
             await stream.file.abort()
             raise
         timeline.mark("committed")
-        result = await self._signed(record, timeline)
+        with telemetry.phase("sign"):
+            result = await self._signed(record, timeline)
         if claim is None:
             return result, False
         kept, replayed = await claim.keep(result.record(), self._discard)

@@ -454,6 +454,11 @@ class RequestTelemetry:
             self._span.set_status(Status(StatusCode.ERROR, _safe_value(problem_type or str(http_status))))
         self._record_metrics(http_status, problem_type, first_audio_ms, audio_seconds)
 
+    def close(self) -> None:
+        """End the span; a request that never recorded its outcome counts as a success."""
+        self.end(200)
+        self._span.end()
+
     def _record_metrics(
         self,
         http_status: int,
@@ -475,12 +480,12 @@ class RequestTelemetry:
                 pipeline.tokens.add(count, {"direction": direction, "modality": modality, **backend})
 
 
-class _NoRequest:
+class NoRequest:
     """What the helpers return with telemetry off: accepts every call, does nothing."""
 
     __slots__ = ()
 
-    def __enter__(self) -> _NoRequest:
+    def __enter__(self) -> NoRequest:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -495,8 +500,11 @@ class _NoRequest:
     def end(self, http_status: int, **outcome: Any) -> None:
         return None
 
+    def close(self) -> None:
+        return None
 
-_NO_REQUEST = _NoRequest()
+
+_NO_REQUEST = NoRequest()
 _current: ContextVar[RequestTelemetry | None] = ContextVar("realtime_speech_request", default=None)
 
 
@@ -507,7 +515,7 @@ def request_span(
     *,
     request_id: str | None = None,
     url: str | None = None,
-) -> contextlib.AbstractContextManager[RequestTelemetry | _NoRequest]:
+) -> contextlib.AbstractContextManager[RequestTelemetry | NoRequest]:
     """The request's SERVER span `"<method> <route>"`, continuing the caller's W3C trace
     (`traceparent`/`tracestate` in `headers`, a case-insensitive mapping or one with lowercase keys;
     without them, the current context). When the Functions worker configured OpenTelemetry ("external"),
@@ -530,6 +538,39 @@ def _request_span(
     request_id: str | None,
     url: str | None,
 ) -> Iterator[RequestTelemetry]:
+    request = _start_request(pipeline, method, route, headers, request_id, url)
+    try:
+        yield request
+    except BaseException as exc:
+        request.end(_http_status(exc), problem_type=_problem_type(exc))
+        raise
+    finally:
+        request.close()
+
+
+def start_request(
+    method: str,
+    route: str,
+    headers: Mapping[str, str],
+    *,
+    request_id: str | None = None,
+    url: str | None = None,
+) -> RequestTelemetry | NoRequest:
+    """Like `request_span`, for a request whose answer outlives the function call (a stream): the
+    span becomes current for this task and the tasks it starts, and lasts until `close()`."""
+    if _pipeline is None:
+        return _NO_REQUEST
+    return _start_request(_pipeline, method, route, headers, request_id, url)
+
+
+def _start_request(
+    pipeline: _Pipeline,
+    method: str,
+    route: str,
+    headers: Mapping[str, str],
+    request_id: str | None,
+    url: str | None,
+) -> RequestTelemetry:
     from opentelemetry import context, trace
     from opentelemetry.trace import SpanKind
 
@@ -550,18 +591,11 @@ def _request_span(
     request = RequestTelemetry(pipeline, span)
     if request_id:
         request.set(request_id=request_id)
-    token = _current.set(request)
-    try:
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-            yield request
-    except BaseException as exc:
-        request.end(_http_status(exc), problem_type=_problem_type(exc))
-        raise
-    else:
-        request.end(200)
-    finally:
-        _current.reset(token)
-        span.end()
+    # Current for the rest of this task and every task it creates (they copy the context); the
+    # request's task ends with it, so nothing is detached.
+    _current.set(request)
+    context.attach(trace.set_span_in_context(span))
+    return request
 
 
 def set_attributes(**attributes: Unpack[Attributes]) -> None:
