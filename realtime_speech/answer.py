@@ -85,13 +85,15 @@ class AudioFile:
 
     async def end(self) -> bytes:
         """The audio has ended: write what the encoder still held and hand the header to the writer,
-        which starts staging the rest. Returns the last body bytes (none when called again)."""
+        which starts staging the rest. Returns the last audio bytes (none when called again; a WAV's
+        pad byte is stored but is not audio)."""
         if self._ended:
             return b""
         self._ended = True
         tail = self._encoder.flush()
-        if tail:
-            await self._writer.write(tail)
+        for body in (tail, self._encoder.trailer()):
+            if body:
+                await self._writer.write(body)
         self._writer.finish(self._encoder.header())
         return tail
 

@@ -47,8 +47,12 @@ class AudioEncoder(Protocol):
         ...
 
     def flush(self) -> bytes:
-        """The rest of the body, once the audio has ended. Raises ValueError if the stream of model
-        audio was impossible (it ended inside a sample)."""
+        """The rest of the audio, once it has ended. Raises ValueError if the stream of model audio
+        was impossible (it ended inside a sample)."""
+        ...
+
+    def trailer(self) -> bytes:
+        """What ends the body after the audio (a WAV's pad byte after odd-sized data; else b"")."""
         ...
 
     def header(self) -> bytes:
@@ -76,6 +80,9 @@ class WavEncoder:
     def flush(self) -> bytes:
         if self._data_bytes % self._pcm.bytes_per_frame:
             raise ValueError(f"the audio ended inside a sample ({self._data_bytes} bytes)")
+        return b""
+
+    def trailer(self) -> bytes:
         return wav_padding(self._data_bytes)
 
     def header(self) -> bytes:
@@ -129,6 +136,9 @@ class Mp3Encoder:
         if self._split_sample:
             raise ValueError(f"the audio ended inside a sample ({self._samples * 2 + 1} bytes)")
         return self._count(self._lame.flush()) if self._samples else b""
+
+    def trailer(self) -> bytes:
+        return b""
 
     def header(self) -> bytes:
         return b""

@@ -259,8 +259,7 @@ class SpeechEventStream(StreamingResponse):
                     yield b": keep-alive\n\n"
                     continue
                 if event["type"] == "speech.done":
-                    result = SpeechResult.model_validate({k: v for k, v in event.items() if k != "type"})
-                    self._outcome = (200, result, None)
+                    self._outcome = (200, await self._answering.result(), None)
                 yield _frame(event)
         except ServiceError as exc:
             self._outcome = (exc.status, None, exc.code)

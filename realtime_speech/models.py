@@ -17,6 +17,7 @@ from pydantic import (
     model_serializer,
 )
 
+OutputFormatName = Literal["wav", "wav-mulaw", "wav-alaw", "mp3"]
 Voice = Literal["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"]
 VOICES: tuple[str, ...] = Voice.__args__
 
@@ -42,6 +43,9 @@ class SpeechRequest(BaseModel):
     text: NonBlank = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     instructions: NonBlank | None = Field(None, min_length=1, max_length=MAX_INSTRUCTIONS_CHARS)
     voice: Voice | None = None
+    format: OutputFormatName | None = None
+    speed: float | None = Field(None, ge=0.25, le=1.5)
+    max_output_tokens: int | None = Field(None, ge=1, le=4096)
 
     def fingerprint(self) -> str:
         """What the request asks, as a digest: equal for bodies that differ only in layout."""
@@ -55,7 +59,7 @@ class AudioFacts(BaseModel):
     encoding: str = Field(description="pcm_s16le, mulaw, alaw or mp3")
     sample_rate: int
     channels: int
-    bits_per_sample: int | None = Field(description="Bits per sample; None for mp3.")
+    bits_per_sample: int | None = Field(None, description="Bits per sample; None for mp3.")
     bitrate_kbps: int | None = Field(None, description="mp3 only.")
     duration_seconds: float
     bytes: int = Field(description="Size of the whole file, header included.")

@@ -45,14 +45,16 @@ WEBSOCKET_OPTIONS = {"open_timeout": 10.0, "close_timeout": 2.0}
 
 @dataclass(frozen=True)
 class VoiceRequest:
-    """What to ask and how to answer: the user's text, the instructions, the voice and the session's
-    audio output format."""
+    """What to ask and how to answer: the user's text, the instructions, the voice, the session's audio
+    output format, the speaking speed and the longest answer (in output tokens; None: no limit)."""
 
     text: str
     instructions: str
     voice: str
     transcription_model: str
     output_format: dict[str, Any]
+    speed: float = 1.0
+    max_output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,9 @@ def session_config(request: VoiceRequest) -> dict[str, Any]:
                     "create_response": True,
                 },
             },
-            "output": {"format": request.output_format, "voice": request.voice},
+            "output": {"format": request.output_format, "voice": request.voice, "speed": request.speed},
         },
+        "max_output_tokens": request.max_output_tokens or "inf",
     }
 
 

@@ -24,7 +24,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 
 from . import telemetry
 from .answer import AnswerStream, AudioFile, Event, EventChannel
-from .encoders import OUTPUT_FORMATS, OutputFormat
+from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, OutputFormat
 from .errors import DeadlineExceeded, ServiceError
 from .idempotency import Claim, IdempotencyKeys
 from .identity import app_credential, openai_token_provider
@@ -157,13 +157,15 @@ class SpeechService:
     def question(self, request: SpeechRequest) -> Question:
         """The request with the settings' defaults filled in."""
         settings = self.settings
-        output = OUTPUT_FORMATS["wav"]
+        output = OUTPUT_FORMATS[request.format or DEFAULT_OUTPUT_FORMAT]
         voice = VoiceRequest(
             text=request.text,
             instructions=request.instructions or settings.realtime_instructions,
             voice=request.voice or settings.realtime_voice,
             transcription_model=settings.realtime_transcription_model,
-            output_format=output.session_format,
+            output_format=dict(output.session_format),
+            speed=request.speed if request.speed is not None else settings.realtime_speed,
+            max_output_tokens=request.max_output_tokens or settings.realtime_max_output_tokens,
         )
         return Question(voice, output)
 

@@ -42,7 +42,7 @@ def _g711(n_bytes: int, subtype: str) -> bytes:
 def _encode(encoder: AudioEncoder, audio: bytes, chunk_bytes: int = CHUNK_BYTES) -> tuple[list[bytes], bytes]:
     """The pieces encode() returned, and the whole file (header + body)."""
     pieces = [encoder.encode(audio[i : i + chunk_bytes]) for i in range(0, len(audio), chunk_bytes)]
-    tail = encoder.flush()
+    tail = encoder.flush() + encoder.trailer()
     return pieces, encoder.header() + b"".join(pieces) + tail
 
 

@@ -104,7 +104,8 @@ def test_session_configuration_is_the_quickstarts_in_ga_shape() -> None:
     config = session_config(VoiceRequest("hi", "Be kind.", "coral", "whisper-1", pcm))
     assert config["type"] == "realtime" and config["output_modalities"] == ["audio"]
     assert config["instructions"] == "Be kind."
-    assert config["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "coral"}
+    assert config["audio"]["output"] == {"format": pcm, "voice": "coral", "speed": 1.0}
+    assert config["max_output_tokens"] == "inf"
     vad = config["audio"]["input"]["turn_detection"]
     assert (vad["type"], vad["threshold"], vad["prefix_padding_ms"], vad["silence_duration_ms"]) == (
         "server_vad",
