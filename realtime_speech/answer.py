@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 
 from .encoders import AudioEncoder
-from .models import AudioFacts
+from .models import AudioFacts, InputAudioFacts
 from .storage import BlockBlobWriter
 
 Event = dict[str, Any]
@@ -110,12 +110,44 @@ class AudioFile:
         await self._writer.abort()
 
 
+class QuestionFile:
+    """A spoken question kept as received, beside its answer: staged while the model speaks,
+    committed with the answer (all or nothing)."""
+
+    def __init__(self, name: str, facts: InputAudioFacts, writer: BlockBlobWriter, data: bytes) -> None:
+        self.name = name
+        self.facts = facts
+        self._writer = writer
+        self._staged = asyncio.ensure_future(self._stage(data))
+
+    async def _stage(self, data: bytes) -> None:
+        await self._writer.write(data)
+        self._writer.finish(b"")
+
+    async def commit(self) -> None:
+        await self._staged
+        await self._writer.commit()
+
+    async def abort(self) -> None:
+        self._staged.cancel()
+        await asyncio.gather(self._staged, return_exceptions=True)
+        await self._writer.abort()
+
+
 class AnswerStream:
-    """Hears the realtime answer: the stored file always, the caller's channel when there is one."""
+    """Hears the realtime answer: the stored file always, the caller's channel when there is one.
+    `question` is the spoken question's file, kept beside the answer."""
 
     def __init__(self, file: AudioFile, channel: EventChannel | None) -> None:
         self.file = file
+        self.question: QuestionFile | None = None
         self._channel = channel
+
+    async def abort(self) -> None:
+        """Nothing of this answer is committed: every upload it started is cancelled."""
+        await self.file.abort()
+        if self.question is not None:
+            await self.question.abort()
 
     async def audio(self, chunk: bytes) -> None:
         await self._send_audio(await self.file.write(chunk))
@@ -126,6 +158,11 @@ class AnswerStream:
     async def transcript_delta(self, delta: str) -> None:
         if self._channel is not None:
             await self._channel.put({"type": "speech.transcript.delta", "delta": delta}, len(delta))
+
+    async def input_transcript(self, transcript: str) -> None:
+        if self._channel is not None:
+            event = {"type": "speech.input_transcript", "transcript": transcript}
+            await self._channel.put(event, len(transcript))
 
     async def _send_audio(self, body: bytes) -> None:
         if self._channel is not None and body:

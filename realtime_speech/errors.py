@@ -50,7 +50,7 @@ class PayloadTooLarge(ServiceError):
 
 
 class UnsupportedMediaType(ServiceError):
-    status, code, title = 415, "unsupported-media-type", "The request body must be application/json"
+    status, code, title = 415, "unsupported-media-type", "The request's media type is not supported"
 
 
 class NotFound(ServiceError):

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from . import telemetry
+from .audio_input import MEDIA_TYPES as AUDIO_MEDIA_TYPES
 from .errors import (
     InvalidRequest,
     NotConfigured,
@@ -61,6 +62,7 @@ STREAM_GRACE_SECONDS = 5.0
 CLIENT_CLOSED_REQUEST = 499
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _SAFE_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,128}")
+FUNCTION_KEY_PARAMETER = "code"
 _JSON_MEDIA_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
 # The page carries its own Content-Security-Policy (hashes of its inline script and style); these add
 # what a meta tag cannot say.
@@ -108,11 +110,20 @@ async def speech(req: Request) -> Response:
     )
     outcome = Outcome(request_id, Timeline(), trace)
     try:
-        speech_request = parse_speech_request(req.headers.get("content-type"), await read_body(req))
+        content_type = req.headers.get("content-type")
+        limit = body_limit(content_type, (await speech_service()).settings.audio_input_max_bytes)
+        body = await read_body(req, limit)
+        speech_request = parse_speech_request(content_type, body, req.query_params)
         key = idempotency_key(req.headers)
         events = wants_event_stream(req.headers.get("accept"))
         service = await speech_service()
-        answering = await service.start(speech_request, request_id, outcome.timeline, key, events=events)
+        media_type = _media_type(content_type)
+        audio_type = (
+            media_type if media_type in AUDIO_MEDIA_TYPES else None
+        )  # JSON's audio: told from its bytes
+        answering = await service.start(
+            speech_request, request_id, outcome.timeline, key, events=events, audio_type=audio_type
+        )
         if events:
             return SpeechEventStream(answering, outcome)  # it records the outcome when the stream ends
         result = await answering.result()
@@ -127,7 +138,7 @@ async def speech(req: Request) -> Response:
         return problem_response(ServiceError("The request failed unexpectedly."), request_id)
 
 
-async def read_body(req: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+async def read_body(req: Request, limit: int) -> bytes:
     """The request body, refused as soon as it grows past `limit` bytes."""
     declared = req.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -140,19 +151,49 @@ async def read_body(req: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return bytes(body)
 
 
-def parse_speech_request(content_type: str | None, body: bytes) -> SpeechRequest:
-    """Validate media type, size and body, in that order; each failure names what is wrong."""
-    media_type = (content_type or "").split(";", 1)[0].strip()
+def body_limit(content_type: str | None, audio_max_bytes: int) -> int:
+    """The largest body worth reading: a raw audio file, or JSON that may carry one in base64."""
+    if _media_type(content_type) in AUDIO_MEDIA_TYPES:
+        return audio_max_bytes
+    return MAX_BODY_BYTES + audio_max_bytes * 4 // 3 + 4
+
+
+def parse_speech_request(
+    content_type: str | None, body: bytes, query: Mapping[str, str] | None = None
+) -> SpeechRequest:
+    """Validate media type, size and body, in that order; each failure names what is wrong.
+
+    JSON carries every option (and a spoken question as base64 `audio`); a raw audio body carries the
+    question and its options come as query parameters. `code` (the function key) is always allowed.
+    """
+    media_type = _media_type(content_type)
+    options = {name: value for name, value in (query or {}).items() if name != FUNCTION_KEY_PARAMETER}
+    if media_type in AUDIO_MEDIA_TYPES:
+        return _validated(lambda: SpeechRequest.model_validate({**options, "audio": body}, strict=False))
     if not _JSON_MEDIA_TYPE.match(media_type):
+        accepted = ", ".join(("application/json", *AUDIO_MEDIA_TYPES))
         raise UnsupportedMediaType(
-            f"Send the body as application/json (got {media_type[:100] or 'no content type'})."
+            f"Send the body as {accepted} (got {media_type[:100] or 'no content type'})."
         )
-    if len(body) > MAX_BODY_BYTES:
+    if options:
+        raise InvalidRequest(
+            "Query parameters are only for raw audio bodies; put the options in the JSON body."
+        )
+    request = _validated(lambda: SpeechRequest.model_validate_json(body))
+    if request.audio is None and len(body) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted.")
+    return request
+
+
+def _validated(parse: Callable[[], SpeechRequest]) -> SpeechRequest:
     try:
-        return SpeechRequest.model_validate_json(body)
+        return parse()
     except ValidationError as exc:
         raise InvalidRequest(_validation_detail(exc)) from None
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def idempotency_key(headers: Mapping[str, str]) -> str | None:

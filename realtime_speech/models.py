@@ -3,6 +3,8 @@ the audio facts and the request's timeline. Imports nothing of the service."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import time
 from datetime import datetime
@@ -11,10 +13,12 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     model_serializer,
+    model_validator,
 )
 
 OutputFormatName = Literal["wav", "wav-mulaw", "wav-alaw", "mp3"]
@@ -35,21 +39,44 @@ def _not_blank(value: str) -> str:
 NonBlank = Annotated[str, AfterValidator(_not_blank)]
 
 
+def _base64_audio(value: object) -> object:
+    """JSON carries the audio as base64 (checked strictly); a raw body arrives as bytes already."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError("must be base64 (RFC 4648, with padding)") from None
+    return value
+
+
 class SpeechRequest(BaseModel):
-    """Body of `POST /api/speech`. Unknown fields are rejected: a typo must not be silently ignored."""
+    """What `POST /api/speech` asks: a text or a spoken question (`audio`, base64 in JSON, or the raw
+    body), and how to answer. Unknown fields are rejected: a typo must not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    text: NonBlank = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    text: NonBlank | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
+    audio: Annotated[bytes, BeforeValidator(_base64_audio)] | None = Field(
+        None, description="A spoken question: an audio file, base64 in JSON."
+    )
     instructions: NonBlank | None = Field(None, min_length=1, max_length=MAX_INSTRUCTIONS_CHARS)
     voice: Voice | None = None
     format: OutputFormatName | None = None
     speed: float | None = Field(None, ge=0.25, le=1.5)
     max_output_tokens: int | None = Field(None, ge=1, le=4096)
 
+    @model_validator(mode="after")
+    def _one_question(self) -> SpeechRequest:
+        if (self.text is None) == (self.audio is None):
+            raise ValueError("give exactly one of text and audio")
+        return self
+
     def fingerprint(self) -> str:
         """What the request asks, as a digest: equal for bodies that differ only in layout."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        digest = hashlib.sha256(self.model_dump_json(exclude={"audio"}).encode())
+        if self.audio is not None:
+            digest.update(hashlib.sha256(self.audio).digest())
+        return digest.hexdigest()
 
 
 class AudioFacts(BaseModel):
@@ -70,6 +97,14 @@ class AudioFacts(BaseModel):
         return {name: value for name, value in serialize(self).items() if value is not None}
 
 
+class InputAudioFacts(BaseModel):
+    """A spoken question as received."""
+
+    content_type: str
+    bytes: int
+    duration_seconds: float
+
+
 class SpeechRecord(BaseModel):
     """One answer as stored beside its audio (and kept for an idempotency key): everything but the URL,
     which is signed anew each time the answer is handed out."""
@@ -80,6 +115,12 @@ class SpeechRecord(BaseModel):
     blob_name: str
     audio: AudioFacts
     voice: str
+    input_transcript: str | None = Field(None, description="What a spoken question said.")
+    input_transcript_reason: str | None = Field(
+        None, description="Why a spoken question has no transcript: not_received or failed."
+    )
+    input_blob_name: str | None = Field(None, description="The spoken question, kept as received.")
+    input_audio: InputAudioFacts | None = None
     backend: str | None = Field(None, description="The model backend that answered (its pool name).")
     session_id: str | None
     response_id: str | None
@@ -95,6 +136,7 @@ class SpeechResult(SpeechRecord):
 
     audio_url: str
     expires_at: datetime
+    input_audio_url: str | None = Field(None, description="Read-only URL of the spoken question.")
 
     def record(self) -> SpeechRecord:
         """The result without its URL, as it is kept."""

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import re
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -21,6 +21,8 @@ from openai import AsyncOpenAI, WebSocketConnectionClosedError
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from openai.types.realtime import (
     ConversationItemCreateEvent,
+    InputAudioBufferAppendEvent,
+    InputAudioBufferCommitEvent,
     ResponseCancelEvent,
     ResponseCreateEvent,
     SessionUpdateEvent,
@@ -39,6 +41,15 @@ from .models import Timeline
 from .wav import PCM16_24KHZ_MONO
 
 CANCEL_SECONDS = 1.0
+# A spoken question goes out in appends of this many bytes: well under the service's 15 MiB per event.
+APPEND_CHUNK_BYTES = 256 * 1024
+SERVER_VAD = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 200,
+    "create_response": True,
+}
 # websockets waits 10 s by default for each; a stuck peer must not hold a request (or its cleanup) that long.
 WEBSOCKET_OPTIONS = {"open_timeout": 10.0, "close_timeout": 2.0}
 
@@ -48,13 +59,18 @@ class VoiceRequest:
     """What to ask and how to answer: the user's text, the instructions, the voice, the session's audio
     output format, the speaking speed and the longest answer (in output tokens; None: no limit)."""
 
-    text: str
+    text: str | None
     instructions: str
     voice: str
     transcription_model: str
     output_format: dict[str, Any]
     speed: float = 1.0
     max_output_tokens: int | None = None
+    input_audio: bytes | None = None
+    """A spoken question instead of `text`, in `input_format`."""
+    input_format: dict[str, Any] | None = None
+    input_transcript_grace_seconds: float = 5.0
+    """How long after `response.done` the question's transcript is still awaited."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,8 @@ class SpokenAnswer:
     status: str
     status_reason: str | None
     usage: dict[str, Any] | None
+    input_transcript: str | None = None
+    input_transcript_reason: str | None = None
 
 
 class AnswerListener(Protocol):
@@ -79,25 +97,24 @@ class AnswerListener(Protocol):
     async def transcript_delta(self, delta: str) -> None:
         """The next piece of the answer's transcript."""
 
+    async def input_transcript(self, transcript: str) -> None:
+        """What a spoken question said (it may come before or after the answer)."""
+
 
 def session_config(request: VoiceRequest) -> dict[str, Any]:
-    """The GA `session.update` payload: the quickstart's configuration, audio out only."""
+    """The GA `session.update` payload: the quickstart's configuration, audio out only. A spoken
+    question is sent whole and committed by the app, so it turns server VAD off."""
     pcm = {"type": "audio/pcm", "rate": PCM16_24KHZ_MONO.sample_rate}
+    turn_detection = None if request.input_audio is not None else SERVER_VAD
     return {
         "type": "realtime",
         "instructions": request.instructions,
         "output_modalities": ["audio"],
         "audio": {
             "input": {
-                "format": pcm,
+                "format": request.input_format or pcm,
                 "transcription": {"model": request.transcription_model},
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": 0.5,
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": 200,
-                    "create_response": True,
-                },
+                "turn_detection": turn_detection,
             },
             "output": {"format": request.output_format, "voice": request.voice, "speed": request.speed},
         },
@@ -158,19 +175,10 @@ class RealtimeSession:
             # Typed events are serialised by pydantic (about 0.1 ms); the resource helpers run the
             # SDK's parameter transform instead (about 3 ms of event-loop time per event).
             await connection.send(SessionUpdateEvent(type="session.update", session=session_config(request)))
-            await connection.send(
-                ConversationItemCreateEvent(
-                    type="conversation.item.create",
-                    item={
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": request.text}],
-                    },
-                )
-            )
+            await self._ask(request)
             await connection.send(ResponseCreateEvent(type="response.create"))
             self._answering = True
-            answer = await _collect_answer(connection, listener, timeline)
+            answer = await _collect_answer(connection, listener, timeline, request)
             self._answering = False
             return answer
         except (ConnectionClosed, WebSocketConnectionClosedError) as exc:
@@ -178,6 +186,21 @@ class RealtimeSession:
             received = exc.rcvd if isinstance(exc, ConnectionClosed) else None
             how = f"closed it (code {received.code})" if received else "dropped it"
             raise UpstreamFailed(f"The realtime endpoint {how} before the answer was complete.") from None
+
+    async def _ask(self, request: VoiceRequest) -> None:
+        """The question: a user message, or the spoken question appended to the input buffer and
+        committed (which makes it the conversation's user item)."""
+        connection = self._connection
+        if request.input_audio is None:
+            content = [{"type": "input_text", "text": request.text}]
+            item = {"type": "message", "role": "user", "content": content}
+            await connection.send(ConversationItemCreateEvent(type="conversation.item.create", item=item))
+            return
+        audio = request.input_audio
+        for start in range(0, len(audio), APPEND_CHUNK_BYTES):
+            chunk = base64.b64encode(audio[start : start + APPEND_CHUNK_BYTES]).decode()
+            await connection.send(InputAudioBufferAppendEvent(type="input_audio_buffer.append", audio=chunk))
+        await connection.send(InputAudioBufferCommitEvent(type="input_audio_buffer.commit"))
 
     async def close(self) -> None:
         """Close the connection; an answer still under way is cancelled first (`response.cancel`), so
@@ -235,14 +258,29 @@ def _handshake_retry_after(exc: Exception) -> float | None:
 
 
 async def _collect_answer(
-    connection: AsyncRealtimeConnection, listener: AnswerListener, timeline: Timeline
+    connection: AsyncRealtimeConnection, listener: AnswerListener, timeline: Timeline, request: VoiceRequest
 ) -> SpokenAnswer:
-    """Consume server events until `response.done`, handing audio and transcript to the listener."""
+    """Consume server events until `response.done` (and, for a spoken question, its transcript, for
+    at most the grace period after it), handing audio and transcripts to the listener."""
     session_id: str | None = None
     transcript: str | None = None
     deltas: list[str] = []
     audio_ended = False
-    async for event in connection:
+    heard: dict[str, str | None] = {}  # the question's transcript, or why there is none
+    answer: SpokenAnswer | None = None
+    events = aiter(connection)
+    while answer is None or (request.input_audio is not None and not heard):
+        grace = None if answer is None else request.input_transcript_grace_seconds
+        try:
+            async with asyncio.timeout(grace):
+                event = await anext(events)
+        except (StopAsyncIteration, TimeoutError):
+            if answer is None:
+                raise UpstreamFailed(
+                    "The realtime connection closed before the answer was complete."
+                ) from None
+            heard["reason"] = "not_received"
+            break
         match event.type:
             case "response.output_audio.delta":
                 timeline.mark("first_audio")
@@ -256,6 +294,11 @@ async def _collect_answer(
                 await listener.transcript_delta(event.delta)
             case "response.output_audio_transcript.done":
                 transcript = event.transcript
+            case "conversation.item.input_audio_transcription.completed":
+                heard["transcript"] = event.transcript
+                await listener.input_transcript(event.transcript)
+            case "conversation.item.input_audio_transcription.failed":
+                heard["reason"] = "failed"
             case "session.created" | "session.updated":
                 session_id = event.session.id  # type: ignore[union-attr]
             case "error":
@@ -264,8 +307,10 @@ async def _collect_answer(
                 timeline.mark("response_done")
                 if not audio_ended:
                     await listener.audio_done()
-                return _answer(event.response, session_id, transcript or "".join(deltas))
-    raise UpstreamFailed("The realtime connection closed before the answer was complete.")
+                answer = _answer(event.response, session_id, transcript or "".join(deltas))
+    return replace(
+        answer, input_transcript=heard.get("transcript"), input_transcript_reason=heard.get("reason")
+    )
 
 
 def _answer(response: Any, session_id: str | None, transcript: str) -> SpokenAnswer:

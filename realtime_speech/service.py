@@ -23,12 +23,13 @@ from uuid import uuid4
 from azure.core.credentials_async import AsyncTokenCredential
 
 from . import telemetry
-from .answer import AnswerStream, AudioFile, Event, EventChannel
+from .answer import AnswerStream, AudioFile, Event, EventChannel, QuestionFile
+from .audio_input import SpokenQuestion, decode_question
 from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, OutputFormat
 from .errors import DeadlineExceeded, ServiceError
 from .idempotency import Claim, IdempotencyKeys
 from .identity import app_credential, openai_token_provider
-from .models import SpeechRecord, SpeechRequest, SpeechResult, Timeline
+from .models import InputAudioFacts, SpeechRecord, SpeechRequest, SpeechResult, Timeline
 from .pool import BackendPool, Lease, connect
 from .realtime import RealtimeBackend, RealtimeSession, VoiceRequest, realtime_client
 from .settings import BackendSettings, Settings
@@ -47,6 +48,8 @@ class Question:
 
     voice: VoiceRequest
     output: OutputFormat
+    spoken: SpokenQuestion | None = None
+    """The spoken question as received, decoded; None for a text question."""
 
 
 class SpeechService:
@@ -104,19 +107,21 @@ class SpeechService:
         idempotency_key: str | None = None,
         *,
         events: bool = False,
+        audio_type: str | None = None,
     ) -> Answering:
         """Begin answering `request` within the deadline (REALTIME_TIMEOUT_SECONDS). Returns once the
         model session is open, or with the key's earlier answer. With `events`, the answer's events
-        are kept for `Answering.events()` (bounded: see `EventChannel`)."""
+        are kept for `Answering.events()` (bounded: see `EventChannel`). `audio_type` is the media
+        type of a spoken question sent as the raw body (None: told from its bytes)."""
         deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
         if idempotency_key is None:
-            return await self._begin(request, request_id, timeline, deadline, events, claim=None)
+            return await self._begin(request, audio_type, request_id, timeline, deadline, events, claim=None)
         claim = self._keys.claim(idempotency_key, request.fingerprint())
         try:
             earlier = await self._within(deadline, claim.earlier())
             if earlier is not None:
                 return Answering.done(deadline, await self._signed(earlier), replayed=True)
-            return await self._begin(request, request_id, timeline, deadline, events, claim)
+            return await self._begin(request, audio_type, request_id, timeline, deadline, events, claim)
         except BaseException as error:
             claim.fail(error)
             raise
@@ -124,13 +129,14 @@ class SpeechService:
     async def _begin(
         self,
         request: SpeechRequest,
+        audio_type: str | None,
         request_id: str,
         timeline: Timeline,
         deadline: float,
         events: bool,
         claim: Claim | None,
     ) -> Answering:
-        question = self.question(request)
+        question = await self._within(deadline, self.question(request, audio_type))
         attempts = itertools.count(1)
 
         async def open_backend(backend: BackendSettings) -> RealtimeSession:
@@ -146,6 +152,8 @@ class SpeechService:
         encoder = question.output.encoder(mp3_bitrate_kbps=self.settings.audio_mp3_bitrate_kbps)
         writer = self.store.writer(blob_name, question.output.content_type)
         stream = AnswerStream(AudioFile(encoder, writer), channel)
+        if question.spoken is not None:
+            stream.question = self._question_file(question.spoken, blob_name)
         known = encoder.facts().model_dump(include=STARTED_FACTS, exclude_none=True)
         started = {"type": "speech.started", "request_id": request_id, "blob_name": blob_name, **known}
         work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim)
@@ -154,9 +162,14 @@ class SpeechService:
             task.add_done_callback(lambda _: channel.close())
         return Answering(deadline, task, started, channel)
 
-    def question(self, request: SpeechRequest) -> Question:
-        """The request with the settings' defaults filled in."""
+    async def question(self, request: SpeechRequest, audio_type: str | None = None) -> Question:
+        """The request with the settings' defaults filled in; a spoken question is decoded and checked
+        (in a worker thread: it is CPU work) before any model session is opened."""
         settings = self.settings
+        spoken = None
+        if request.audio is not None:
+            limit = settings.audio_input_max_seconds
+            spoken = await asyncio.to_thread(decode_question, request.audio, audio_type, max_seconds=limit)
         output = OUTPUT_FORMATS[request.format or DEFAULT_OUTPUT_FORMAT]
         voice = VoiceRequest(
             text=request.text,
@@ -166,8 +179,22 @@ class SpeechService:
             output_format=dict(output.session_format),
             speed=request.speed if request.speed is not None else settings.realtime_speed,
             max_output_tokens=request.max_output_tokens or settings.realtime_max_output_tokens,
+            input_audio=spoken.audio if spoken else None,
+            input_format=dict(spoken.session_format) if spoken else None,
+            input_transcript_grace_seconds=settings.input_transcript_grace_seconds,
         )
-        return Question(voice, output)
+        return Question(voice, output, spoken)
+
+    def _question_file(self, spoken: SpokenQuestion, answer_name: str) -> QuestionFile:
+        """Start uploading the spoken question beside its answer; it is committed with the answer."""
+        name = str(PurePosixPath(answer_name).with_suffix(f".question{spoken.extension}"))
+        writer = self.store.writer(name, spoken.content_type)
+        facts = InputAudioFacts(
+            content_type=spoken.content_type,
+            bytes=len(spoken.original),
+            duration_seconds=spoken.duration_seconds,
+        )
+        return QuestionFile(name, facts, writer, spoken.original)
 
     async def _answer(
         self,
@@ -197,6 +224,10 @@ class SpeechService:
                 blob_name=blob_name,
                 audio=await stream.file.facts(),
                 voice=question.voice.voice,
+                input_transcript=spoken.input_transcript,
+                input_transcript_reason=spoken.input_transcript_reason,
+                input_blob_name=stream.question.name if stream.question else None,
+                input_audio=stream.question.facts if stream.question else None,
                 backend=lease.name,
                 session_id=spoken.session_id,
                 response_id=spoken.response_id,
@@ -206,9 +237,9 @@ class SpeechService:
                 timings_ms=timeline.marks,
             )
             with telemetry.phase("commit"):
-                await self._commit(stream.file, record)
+                await self._commit(stream, record)
         except BaseException:
-            await stream.file.abort()
+            await stream.abort()
             raise
         timeline.mark("committed")
         with telemetry.phase("sign"):
@@ -218,17 +249,21 @@ class SpeechService:
         kept, replayed = await claim.keep(result.record(), self._discard)
         return (await self._signed(kept) if replayed else result), replayed
 
-    async def _commit(self, file: AudioFile, record: SpeechRecord) -> None:
-        """Commit the audio and save its record in parallel; if either fails (or the deadline cuts
-        in), neither is kept."""
-        names = (record.blob_name, record_name(record.blob_name))
+    async def _commit(self, stream: AnswerStream, record: SpeechRecord) -> None:
+        """Commit the audio, save its record (and commit the spoken question) in parallel; if any
+        write fails (or the deadline cuts in), none is kept."""
+        writes = {
+            record.blob_name: stream.file.commit(),
+            record_name(record.blob_name): self.store.save_record(
+                record_name(record.blob_name), record.model_dump(mode="json")
+            ),
+        }
+        if stream.question is not None:
+            writes[stream.question.name] = stream.question.commit()
+        names = list(writes)
         try:
-            outcomes = await asyncio.gather(
-                file.commit(),
-                self.store.save_record(names[1], record.model_dump(mode="json")),
-                return_exceptions=True,
-            )
-        except BaseException:  # cancelled while writing: either write may have landed
+            outcomes = await asyncio.gather(*writes.values(), return_exceptions=True)
+        except BaseException:  # cancelled while writing: any write may have landed
             await self._delete_quietly(*names)
             raise
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
@@ -243,7 +278,8 @@ class SpeechService:
 
     async def _discard(self, record: SpeechRecord) -> None:
         """Remove an answer no caller will be given (it lost the race for its idempotency key)."""
-        await self._delete_quietly(record.blob_name, record_name(record.blob_name))
+        names = [record.blob_name, record_name(record.blob_name)]
+        await self._delete_quietly(*names, *([record.input_blob_name] if record.input_blob_name else []))
 
     async def _delete_quietly(self, *blob_names: str) -> None:
         """Best effort, bounded: remove blobs no caller will be given."""
@@ -252,16 +288,24 @@ class SpeechService:
                 await asyncio.gather(*(self.store.delete(name) for name in blob_names))
 
     async def _signed(self, record: SpeechRecord, timeline: Timeline | None = None) -> SpeechResult:
-        """The record with a fresh read-only URL (and, for a new answer, its final timings)."""
+        """The record with fresh read-only URLs (and, for a new answer, its final timings)."""
         output = OUTPUT_FORMATS[record.audio.format]
-        download_name = f"speech-{PurePosixPath(record.blob_name).stem}{output.extension}"
+        stem = PurePosixPath(record.blob_name).stem
         audio_url, expires_at = await self.store.read_url(
-            record.blob_name, download_name, output.content_type
+            record.blob_name, f"speech-{stem}{output.extension}", output.content_type
         )
+        input_audio_url = None
+        if record.input_blob_name and record.input_audio:
+            extension = PurePosixPath(record.input_blob_name).suffix
+            input_audio_url, _ = await self.store.read_url(
+                record.input_blob_name, f"question-{stem}{extension}", record.input_audio.content_type
+            )
         if timeline is not None:
             timeline.mark("signed")
             record = record.model_copy(update={"timings_ms": dict(timeline.marks)})
-        return SpeechResult(**dict(record), audio_url=audio_url, expires_at=expires_at)
+        return SpeechResult(
+            **dict(record), audio_url=audio_url, expires_at=expires_at, input_audio_url=input_audio_url
+        )
 
     async def _within(self, deadline: float, work: Awaitable[T]) -> T:
         budget = asyncio.timeout_at(deadline)
