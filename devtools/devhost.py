@@ -79,6 +79,7 @@ log = logging.getLogger("devhost")
 access_log = logging.getLogger("devhost.access")
 
 DEFAULT_ROUTE_PREFIX = "api"
+KEEP_ALIVE_SECONDS = 120
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the Functions host's request length limit
 SHUTDOWN_GRACE_SECONDS = 60
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -502,6 +503,9 @@ async def serve(args: argparse.Namespace) -> None:
         log_config=None,  # keep this process's logging setup
         access_log=False,  # HostFrontEnd writes one line per request, without the query string
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        # uvicorn closes idle connections after 5 s, racing clients that reuse them; the Functions
+        # front end keeps them far longer.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     await DevServer(config, routes).serve()
     log.info("Stopped")

@@ -179,9 +179,16 @@ def parse_speech_request(
         raise InvalidRequest(
             "Query parameters are only for raw audio bodies; put the options in the JSON body."
         )
-    request = _validated(lambda: SpeechRequest.model_validate_json(body))
-    if request.audio is None and len(body) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted.")
+    if len(body) <= MAX_BODY_BYTES:
+        return _validated(lambda: SpeechRequest.model_validate_json(body))
+    try:  # only a spoken question may be larger
+        request = SpeechRequest.model_validate_json(body)
+    except ValidationError:
+        request = None
+    if request is None or request.audio is None:
+        raise PayloadTooLarge(
+            f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted without audio."
+        )
     return request
 
 

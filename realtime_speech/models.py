@@ -36,7 +36,9 @@ def _not_blank(value: str) -> str:
     return value
 
 
-NonBlank = Annotated[str, AfterValidator(_not_blank)]
+def _text(max_chars: int) -> Any:
+    """A string of at most `max_chars` characters, not blank (the length is checked first)."""
+    return Annotated[str, Field(max_length=max_chars), AfterValidator(_not_blank)]
 
 
 def _base64_audio(value: object) -> object:
@@ -55,11 +57,13 @@ class SpeechRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    text: NonBlank | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
+    text: (
+        Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)] | None
+    ) = None
     audio: Annotated[bytes, BeforeValidator(_base64_audio)] | None = Field(
         None, description="A spoken question: an audio file, base64 in JSON."
     )
-    instructions: NonBlank | None = Field(None, min_length=1, max_length=MAX_INSTRUCTIONS_CHARS)
+    instructions: _text(MAX_INSTRUCTIONS_CHARS) | None = None
     voice: Voice | None = None
     format: OutputFormatName | None = None
     speed: float | None = Field(None, ge=0.25, le=1.5)

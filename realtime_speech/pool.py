@@ -49,6 +49,7 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any, Generic, TypeVar
 
+from . import incidents
 from .errors import (
     DEFAULT_RETRY_AFTER_SECONDS,
     DeadlineExceeded,
@@ -311,6 +312,7 @@ async def connect(
                 value = await _attempt(pool, slot, open_backend)
             except ServiceError as exc:
                 last = exc
+                incidents.seen(exc)
                 if not isinstance(last, UpstreamRateLimited | UpstreamUnavailable):
                     raise
                 asked = last.asked_retry_after

@@ -22,7 +22,7 @@ from uuid import uuid4
 
 from azure.core.credentials_async import AsyncTokenCredential
 
-from . import telemetry
+from . import incidents, telemetry
 from .answer import AnswerStream, AudioFile, Event, EventChannel, QuestionFile
 from .audio_input import SpokenQuestion, decode_question
 from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, OutputFormat
@@ -114,6 +114,7 @@ class SpeechService:
         are kept for `Answering.events()` (bounded: see `EventChannel`). `audio_type` is the media
         type of a spoken question sent as the raw body (None: told from its bytes)."""
         deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
+        incidents.begin()
         if idempotency_key is None:
             return await self._begin(request, audio_type, request_id, timeline, deadline, events, claim=None)
         claim = self._keys.claim(idempotency_key, request.fingerprint())
@@ -313,10 +314,14 @@ class SpeechService:
             async with budget:
                 return await work
         except TimeoutError:
-            if budget.expired():
-                timeout = self.settings.realtime_timeout_seconds
-                raise DeadlineExceeded(f"No complete answer within {timeout:g} s.") from None
-            raise
+            if not budget.expired():
+                raise
+            timeout = self.settings.realtime_timeout_seconds
+            known = incidents.last()  # a dependency seen failing, rather than a slow model
+            if known is not None:
+                detail = f"{known.detail} No answer within {timeout:g} s."
+                raise type(known)(detail, retry_after=known.asked_retry_after) from None
+            raise DeadlineExceeded(f"No complete answer within {timeout:g} s.") from None
 
     async def probe(self) -> dict[str, str]:
         """Check identity and storage now; each answer is "ok" or a sentence saying what failed."""

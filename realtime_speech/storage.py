@@ -24,9 +24,11 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.storage.blob import BlobSasPermissions, ContentSettings, UserDelegationKey, generate_blob_sas
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, LinearRetry
 
+from . import incidents
 from .errors import IdentityUnavailable, ServiceError, StorageUnavailable
 
 HEADER_BLOCK_ID = f"{0:08d}"
@@ -47,10 +49,29 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
     return BlobServiceClient(
         account_url,
         credential=credential,
-        retry_policy=LinearRetry(backoff=1, random_jitter_range=1, retry_total=2),
+        retry_policy=NotedRetry(backoff=1, random_jitter_range=1, retry_total=2),
         connection_timeout=5,
         read_timeout=30,
     )
+
+
+class NotedRetry(LinearRetry):
+    """The storage retry policy, noting each failed attempt as an incident of the current request, so
+    that a deadline reached while storage is failing reports storage (see `incidents`)."""
+
+    def increment(
+        self,
+        settings: dict[str, Any],
+        request: PipelineRequest,
+        response: PipelineResponse | None = None,
+        error: AzureError | None = None,
+    ) -> bool:
+        if error is not None:
+            incidents.seen(StorageUnavailable(f"Blob Storage could not be reached ({type(error).__name__})."))
+        elif response is not None and response.http_response.status_code >= 500:
+            status = response.http_response.status_code
+            incidents.seen(StorageUnavailable(f"Blob Storage kept failing (HTTP {status})."))
+        return super().increment(settings, request, response, error)
 
 
 @asynccontextmanager

@@ -445,7 +445,7 @@ async def test_stack_runs_a_function_host_and_close_leaves_nothing_behind(
     with Stack(tmp_path, with_emulator=False, azurite_in_memory=True).start() as stack:
         host = stack.start_host({"SAMPLE_OVERRIDDEN": "from-stack"}, app="tests.devhost_sample_app")
         pids = [service.pid for service in stack.services]
-        assert len(pids) == 3 and host.url.startswith("http://127.0.0.1:")
+        assert len(pids) == 4 and host.url.startswith("http://127.0.0.1:")  # identity, Azurite, ingest, host
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{host.url}/api/hello") as response:
                 assert response.status == 200 and "from-stack" in await response.text()

@@ -247,6 +247,34 @@ async def test_storage_outage_is_a_quick_503_until_it_returns(
     assert await faults.blob_names() - blobs_before == written
 
 
+async def test_a_deadline_during_a_storage_outage_reports_storage_not_the_deadline(
+    stack: Stack, speech_host: SpeechHost
+) -> None:
+    """With a deadline shorter than the storage retries, the answer is always the storage problem
+    (it used to flip between 503 and 504 with the retry jitter)."""
+    async with speech_host(REALTIME_TIMEOUT_SECONDS="3") as short:
+        await assert_answers(short)
+        await stack.azurite.astop()
+        try:
+            for _ in range(3):
+                problem = assert_problem(
+                    await short.post({"text": unique_text()}), 503, "storage-unavailable"
+                )
+                assert "Blob Storage" in problem["detail"]
+        finally:
+            await stack.azurite.astart()
+        await assert_answers(short)
+
+
+async def test_a_slow_model_is_still_a_504(short_deadline: SpeechClient) -> None:
+    problem = assert_problem(
+        await short_deadline.post({"text": f"[[emulator:slow pace=0.5 seconds=4]] {unique_text()}"}),
+        504,
+        "deadline-exceeded",
+    )
+    assert f"{SHORT_DEADLINE_SECONDS} s" in problem["detail"]
+
+
 # --- logs ----------------------------------------------------------------------------------------------
 
 JWT = re.compile(r"eyJ[\w-]{6,}\.[\w-]{6,}\.")

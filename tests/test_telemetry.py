@@ -583,7 +583,9 @@ def test_under_the_workers_pipeline_the_host_owns_the_request(ingestion: Ingesti
         SCENARIO_AS_WORKER="1",
         OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="azure_functions",  # the worker sets it (else IMDS is asked)
         SCENARIO_HOST_TRACEPARENT=f"00-{TRACE_ID}-{HOST_SPAN_ID}-01",
-        APPLICATIONINSIGHTS_CONNECTION_STRING=f"InstrumentationKey={uuid.uuid4()};IngestionEndpoint={endpoint}",
+        APPLICATIONINSIGHTS_CONNECTION_STRING=(
+            f"InstrumentationKey={uuid.uuid4()};IngestionEndpoint={endpoint};LiveEndpoint={endpoint}"
+        ),
         APPLICATIONINSIGHTS_AUTHENTICATION_STRING=f"Authorization=AAD;ClientId={DEFAULT_CLIENT_ID}",
         APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
         APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED="true",

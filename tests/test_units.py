@@ -59,7 +59,7 @@ def test_a_valid_body_parses_with_optional_fields() -> None:
     [
         ("{", "not valid JSON"),
         ("[]", "Input should be an object"),
-        ("{}", "text: Field required"),
+        ("{}", "give exactly one of text and audio"),
         ('{"text": "   "}', "text: must not be blank"),
         ('{"text": 42}', "text: Input should be a valid string"),
         ('{"text": "hi", "voice": "robot"}', "voice: Input should be"),
