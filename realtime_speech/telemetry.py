@@ -508,6 +508,7 @@ _NO_REQUEST = NoRequest()
 _current: ContextVar[RequestTelemetry | None] = ContextVar("realtime_speech_request", default=None)
 
 
+@contextlib.contextmanager
 def request_span(
     method: str,
     route: str,
@@ -515,30 +516,10 @@ def request_span(
     *,
     request_id: str | None = None,
     url: str | None = None,
-) -> contextlib.AbstractContextManager[RequestTelemetry | NoRequest]:
-    """The request's SERVER span `"<method> <route>"`, continuing the caller's W3C trace
-    (`traceparent`/`tracestate` in `headers`, a case-insensitive mapping or one with lowercase keys;
-    without them, the current context). When the Functions worker configured OpenTelemetry ("external"),
-    the host already records the request: the span is INTERNAL, below the context the worker attached.
-
-    `url` is recorded without its query string (which may carry a function key). Leaving the block
-    without `end()` records a 500 `internal-error` if an exception escapes, else a success.
-    """
-    if _pipeline is None:
-        return _NO_REQUEST
-    return _request_span(_pipeline, method, route, headers, request_id, url)
-
-
-@contextlib.contextmanager
-def _request_span(
-    pipeline: _Pipeline,
-    method: str,
-    route: str,
-    headers: Mapping[str, str],
-    request_id: str | None,
-    url: str | None,
-) -> Iterator[RequestTelemetry]:
-    request = _start_request(pipeline, method, route, headers, request_id, url)
+) -> Iterator[RequestTelemetry | NoRequest]:
+    """The request's span for the duration of a block (see `start_request`). Leaving the block
+    without `end()` records a 500 `internal-error` if an exception escapes, else a success."""
+    request = start_request(method, route, headers, request_id=request_id, url=url)
     try:
         yield request
     except BaseException as exc:
@@ -556,21 +537,16 @@ def start_request(
     request_id: str | None = None,
     url: str | None = None,
 ) -> RequestTelemetry | NoRequest:
-    """Like `request_span`, for a request whose answer outlives the function call (a stream): the
-    span becomes current for this task and the tasks it starts, and lasts until `close()`."""
-    if _pipeline is None:
+    """The request's SERVER span `"<method> <route>"`, continuing the caller's W3C trace
+    (`traceparent`/`tracestate` in `headers`, a case-insensitive mapping or one with lowercase keys;
+    without them, the current context), until `close()`: it becomes current for this task and the
+    tasks it starts, so it can outlive the function call (a stream). When the Functions worker
+    configured OpenTelemetry ("external"), the host already records the request: the span is
+    INTERNAL, below the context the worker attached. `url` is recorded without its query string
+    (which may carry a function key)."""
+    pipeline = _pipeline
+    if pipeline is None:
         return _NO_REQUEST
-    return _start_request(_pipeline, method, route, headers, request_id, url)
-
-
-def _start_request(
-    pipeline: _Pipeline,
-    method: str,
-    route: str,
-    headers: Mapping[str, str],
-    request_id: str | None,
-    url: str | None,
-) -> RequestTelemetry:
     from opentelemetry import context, trace
     from opentelemetry.trace import SpanKind
 
