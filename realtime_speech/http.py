@@ -111,9 +111,11 @@ async def speech(req: Request) -> Response:
     outcome = Outcome(request_id, Timeline(), trace)
     try:
         content_type = req.headers.get("content-type")
-        limit = body_limit(content_type, (await speech_service()).settings.audio_input_max_bytes)
-        body = await read_body(req, limit)
-        speech_request = parse_speech_request(content_type, body, req.query_params)
+        audio_max_bytes = (await speech_service()).settings.audio_input_max_bytes
+        body = await read_body(req, body_limit(content_type, audio_max_bytes))
+        speech_request = parse_speech_request(
+            content_type, body, req.query_params, audio_max_bytes=audio_max_bytes
+        )
         key = idempotency_key(req.headers)
         events = wants_event_stream(req.headers.get("accept"))
         service = await speech_service()
@@ -159,7 +161,11 @@ def body_limit(content_type: str | None, audio_max_bytes: int) -> int:
 
 
 def parse_speech_request(
-    content_type: str | None, body: bytes, query: Mapping[str, str] | None = None
+    content_type: str | None,
+    body: bytes,
+    query: Mapping[str, str] | None = None,
+    *,
+    audio_max_bytes: int | None = None,
 ) -> SpeechRequest:
     """Validate media type, size and body, in that order; each failure names what is wrong.
 
@@ -172,9 +178,8 @@ def parse_speech_request(
         return _validated(lambda: SpeechRequest.model_validate({**options, "audio": body}, strict=False))
     if not _JSON_MEDIA_TYPE.match(media_type):
         accepted = ", ".join(("application/json", *AUDIO_MEDIA_TYPES))
-        raise UnsupportedMediaType(
-            f"Send the body as {accepted} (got {media_type[:100] or 'no content type'})."
-        )
+        got = media_type[:100] or "none"
+        raise UnsupportedMediaType(f"The content type must be one of {accepted} (got {got}).")
     if options:
         raise InvalidRequest(
             "Query parameters are only for raw audio bodies; put the options in the JSON body."
@@ -188,6 +193,10 @@ def parse_speech_request(
     if request is None or request.audio is None:
         raise PayloadTooLarge(
             f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted without audio."
+        )
+    if audio_max_bytes is not None and len(request.audio) > audio_max_bytes:
+        raise PayloadTooLarge(
+            f"The audio is {len(request.audio)} bytes; at most {audio_max_bytes} are accepted."
         )
     return request
 
@@ -332,7 +341,6 @@ class SpeechEventStream(StreamingResponse):
         self._record.record(
             status, result=result, error=error, replayed=self._answering.replayed, stream=True
         )
-        self._record.trace.close()
 
 
 async def _until_disconnected(receive: Receive) -> None:
@@ -385,7 +393,8 @@ class Outcome:
             fields["stream"] = True
         if error:
             fields["error"] = error
-        log.info("speech %s", json.dumps(fields, separators=(",", ":")))
+        with self.trace.current():  # correlated, also when a stream ends after the function returned
+            log.info("speech %s", json.dumps(fields, separators=(",", ":")))
         self.trace.end(
             status,
             problem_type=error,

@@ -224,10 +224,36 @@ def configure(
             log.warning("telemetry is off: %s", exc)
             _mode = "off"
         if _mode != "off":
+            _silence_fastapi()
             _pipeline = _Pipeline.create()
             if log.level == logging.NOTSET:  # the per-request line is INFO; it must reach the exporter
                 log.setLevel(logging.INFO)
         return _mode
+
+
+def _silence_fastapi() -> None:
+    """Turn off FastAPI's own telemetry (0.142 and later trace every app through the global providers,
+    the worker's catch-all app included), which would record each request a second time. FastAPI has
+    no switch for an app it did not create, so its instrumentation scope is disabled in the SDK's
+    providers, through their (experimental) scope configurators; a disabled tracer still carries its
+    parent's context, so traces stay whole."""
+    from opentelemetry import metrics, trace
+    from opentelemetry._logs import get_logger_provider
+    from opentelemetry.sdk._logs._internal import _LoggerConfig
+    from opentelemetry.sdk.metrics._internal import _MeterConfig
+    from opentelemetry.sdk.trace import _TracerConfig
+
+    def without_fastapi(config: Any) -> Any:
+        return lambda scope: config(is_enabled=scope.name != "fastapi")
+
+    setters = (
+        (trace.get_tracer_provider(), "_set_tracer_configurator", "tracer_configurator", _TracerConfig),
+        (metrics.get_meter_provider(), "_set_meter_configurator", "meter_configurator", _MeterConfig),
+        (get_logger_provider(), "_set_logger_configurator", "logger_configurator", _LoggerConfig),
+    )
+    for provider, setter, keyword, config in setters:
+        if hasattr(provider, setter):  # an SDK provider (not a proxy or a no-op one)
+            getattr(provider, setter)(**{keyword: without_fastapi(config)})
 
 
 def mode() -> Mode:
@@ -455,9 +481,16 @@ class RequestTelemetry:
         self._record_metrics(http_status, problem_type, first_audio_ms, audio_seconds)
 
     def close(self) -> None:
-        """End the span; a request that never recorded its outcome counts as a success."""
-        self.end(200)
-        self._span.end()
+        """End the span (once); a request that never recorded its outcome counts as a success."""
+        if self._span.is_recording():
+            self.end(200)
+            self._span.end()
+
+    def current(self) -> contextlib.AbstractContextManager[object]:
+        """Make the request's span current (for a log line written outside the function call)."""
+        from opentelemetry import trace
+
+        return trace.use_span(self._span, end_on_exit=False)
 
     def _record_metrics(
         self,
@@ -502,6 +535,9 @@ class NoRequest:
 
     def close(self) -> None:
         return None
+
+    def current(self) -> NoRequest:
+        return self
 
 
 _NO_REQUEST = NoRequest()
