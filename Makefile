@@ -23,8 +23,9 @@ node_modules/.installed: package.json package-lock.json
 $(IAC_VENV)/.installed: infra/requirements-iac.txt | $(VENV)/.installed
 	$(PY) -m devtools.check_infra --install
 
+# Options go in ARGS, e.g. `make demo ARGS="--format mp3"` (see `python -m devtools.demo --help`).
 demo: setup
-	$(PY) -m devtools.demo
+	$(PY) -m devtools.demo $(ARGS)
 
 run: setup
 	$(PY) -m devtools.run
