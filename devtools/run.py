@@ -3,12 +3,14 @@
     python -m devtools.run [--host-port 7071] [--azurite-port 10000] [--emulator-port 8765]
                            [--identity-port 8081] [--state-dir .devstate] [--settings local.settings.json]
 
-Starts `devtools.stack` (identity endpoint, Azurite, realtime emulator; espeak-ng speech when it is
-installed) and a dev host serving `function_app` with `PLAYGROUND_ENABLED=true`, then prints the URLs
-and curl commands to try. The ports are fixed and the identity endpoint's secret is kept in
-`<state-dir>/identity-secret`, so the `local.settings.json` written for `func start` users (Functions'
-format, only when none exists: an existing one is never overwritten) stays valid from one run to the
-next. Ctrl-C (SIGINT) or SIGTERM stops the host, then every stand-in, and exits with status 0.
+Starts `devtools.stack` (identity endpoint, Azurite, realtime emulator, the Application Insights
+ingestion stand-in; espeak-ng speech when it is installed) and a dev host serving `function_app` with
+`PLAYGROUND_ENABLED=true` and its telemetry sent to the ingestion stand-in, then prints the URLs and
+curl commands to try, the one showing the last traces included. The ports are fixed and the identity
+endpoint's secret is kept in `<state-dir>/identity-secret`, so the `local.settings.json` written for
+`func start` users (Functions' format, only when none exists: an existing one is never overwritten)
+stays valid from one run to the next. Ctrl-C (SIGINT) or SIGTERM stops the host, then every stand-in,
+and exits with status 0.
 """
 
 from __future__ import annotations
@@ -80,8 +82,15 @@ def write_new_file(path: Path, settings: Mapping[str, Any]) -> bool:
     return True
 
 
-def instructions(host_url: str, settings_path: Path, written: bool, log_dir: Path) -> str:
-    """What to print once everything is up."""
+def traces_command(stack: Stack, limit: int = 3) -> str:
+    """A command printing the last traces the app exported, as the ingestion stand-in renders them."""
+    return f"curl -s --cacert {stack.ca_file} '{stack.ingest.url}/_ingest/traces?limit={limit}'"
+
+
+def instructions(
+    host_url: str, settings_path: Path, written: bool, log_dir: Path, traces: str | None = None
+) -> str:
+    """What to print once everything is up (`traces`: the command showing the last traces)."""
     speech_url = f"{host_url}/api/speech"
     body = json.dumps({"text": SAMPLE_TEXT})
     settings_note = (
@@ -89,6 +98,7 @@ def instructions(host_url: str, settings_path: Path, written: bool, log_dir: Pat
         if written
         else f"{settings_path} exists: left as it is (delete it to have it written for this stack)"
     )
+    last_traces = ["", "Last traces (requests, their phases and log lines):", f"  {traces}"] if traces else []
     return "\n".join(
         [
             f"Function host:  {host_url}  (logs in {log_dir})",
@@ -101,6 +111,7 @@ def instructions(host_url: str, settings_path: Path, written: bool, log_dir: Pat
             "Server-Sent Events:",
             f"  curl -N {speech_url} -H 'Accept: text/event-stream' -H 'Content-Type: application/json' "
             f"-d '{body}'",
+            *last_traces,
             "",
             f"Settings: {settings_note}",
             "Ctrl-C stops everything.",
@@ -132,14 +143,16 @@ def run(args: argparse.Namespace) -> int:
         args.state_dir, emulator_args=speech, ports=ports, identity_header=identity_secret(args.state_dir)
     )
     with stack:
-        host = stack.start_host(PLAYGROUND_SETTINGS, port=args.host_port)
+        # Telemetry goes to this run's ingestion stand-in (a free port, this run's identity), so only the
+        # dev host gets it, not the local.settings.json kept across runs.
+        host = stack.start_host({**PLAYGROUND_SETTINGS, **stack.telemetry_settings()}, port=args.host_port)
         settings = local_settings(
             stack.app_settings(**PLAYGROUND_SETTINGS), args.azurite_port, args.host_port
         )
         written = write_new_file(args.settings, settings)
-        print(
-            instructions(f"http://localhost:{host.port}", args.settings, written, stack.log_dir), flush=True
-        )
+        host_url = f"http://localhost:{host.port}"
+        note = instructions(host_url, args.settings, written, stack.log_dir, traces_command(stack))
+        print(note, flush=True)
         while all(service.running for service in stack.services):
             time.sleep(POLL_SECONDS)
         stopped = ", ".join(f"{s.name} (log {s.log_path})" for s in stack.services if not s.running)

@@ -288,6 +288,8 @@ EXTRA_BACKEND = "  endpoint: models[i].outputs.endpoint\n  deployment: deploymen
 VOICE = "  REALTIME_VOICE: realtimeVoice\n"
 CLIENT_ID = "  AZURE_CLIENT_ID: identityClientId\n"
 INIT_INDEXING = "  PYTHON_ENABLE_INIT_INDEXING: '1'\n"
+LOGGER_NAME = "  PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'realtime_speech'\n"
+DISABLED_INSTRUMENTATIONS = "django,fastapi,flask,httpx,httpx2,psycopg2,requests,urllib,urllib3"
 
 MUTATIONS = {
     "shared keys on": Mutation(
@@ -545,6 +547,52 @@ MUTATIONS = {
         "backends",
         "no deployment",
     ),
+    # telemetry: exported once, as whole traces, with the app's identity
+    "traces rate-limited": Mutation(
+        FUNCTION_APP,
+        "OTEL_TRACES_SAMPLER: 'microsoft.fixed_percentage'",
+        "OTEL_TRACES_SAMPLER: 'microsoft.rate_limited'",
+        "telemetry",
+        "OTEL_TRACES_SAMPLER: must be 'microsoft.fixed_percentage'",
+    ),
+    "a tenth of the traces": Mutation(
+        FUNCTION_APP,
+        "OTEL_TRACES_SAMPLER_ARG: '1.0'",
+        "OTEL_TRACES_SAMPLER_ARG: '0.1'",
+        "telemetry",
+        "OTEL_TRACES_SAMPLER_ARG: must be '1.0'",
+    ),
+    "web framework spans": Mutation(
+        FUNCTION_APP,
+        DISABLED_INSTRUMENTATIONS,
+        DISABLED_INSTRUMENTATIONS.replace("fastapi,", ""),
+        "telemetry",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS: must be",
+    ),
+    "every logger collected": Mutation(
+        FUNCTION_APP, LOGGER_NAME, "", "telemetry", "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: must be"
+    ),
+    "another logger collected": Mutation(
+        FUNCTION_APP,
+        LOGGER_NAME,
+        LOGGER_NAME.replace("realtime_speech", "azure"),
+        "telemetry",
+        "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: must be 'realtime_speech'",
+    ),
+    "exporter without Entra auth": Mutation(
+        FUNCTION_APP,
+        "'ClientId=${identityClientId};Authorization=AAD'",
+        "'ClientId=${identityClientId}'",
+        "telemetry",
+        "must say Authorization=AAD",
+    ),
+    "exporter with another identity": Mutation(
+        FUNCTION_APP,
+        "'ClientId=${identityClientId};Authorization=AAD'",
+        "'Authorization=AAD'",
+        "telemetry",
+        "ClientId must be ${identityClientId}",
+    ),
 }
 
 
@@ -565,7 +613,7 @@ def test_rules_catch(name: str) -> None:
 
 def test_every_security_rule_has_a_mutation() -> None:
     assert set(SECURITY_RULES) <= {mutation.check for mutation in MUTATIONS.values()}
-    assert set(RULES) - {"telemetry"} <= {mutation.check for mutation in MUTATIONS.values()}
+    assert set(RULES) <= {mutation.check for mutation in MUTATIONS.values()}
 
 
 def test_settings_check_catches_a_setting_missing_from_the_sample(trees: Trees) -> None:

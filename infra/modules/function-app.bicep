@@ -140,10 +140,19 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
 // on Python 3.11 and 3.12. PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true: the Python worker exports the
 // app's OpenTelemetry data to Application Insights itself (it configures the azure-monitor-opentelemetry
 // distro, with Entra auth from APPLICATIONINSIGHTS_AUTHENTICATION_STRING), so that, with host.json's
-// "telemetryMode": "OpenTelemetry", the host does not send the worker's logs a second time.
+// "telemetryMode": "OpenTelemetry", the host does not send the worker's logs a second time. The distro
+// reads the rest (docs/observability.md): PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME, the one logger it
+// collects (the app's; the default, the root logger, would also collect the SDKs' and the exporter's own
+// records); OTEL_TRACES_SAMPLER/_ARG, whole traces, all of them (the default samples spans, not traces);
+// OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, every instrumentation but the Azure SDK's, as the app's spans
+// already describe its requests and HTTP clients would add spans twice.
 var hostSettings = {
   PYTHON_ENABLE_INIT_INDEXING: '1'
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+  PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'realtime_speech'
+  OTEL_TRACES_SAMPLER: 'microsoft.fixed_percentage'
+  OTEL_TRACES_SAMPLER_ARG: '1.0'
+  OTEL_PYTHON_DISABLED_INSTRUMENTATIONS: 'django,fastapi,flask,httpx,httpx2,psycopg2,requests,urllib,urllib3'
   AzureWebJobsStorage__blobServiceUri: hostStorage.properties.primaryEndpoints.blob
   AzureWebJobsStorage__queueServiceUri: hostStorage.properties.primaryEndpoints.queue
   AzureWebJobsStorage__tableServiceUri: hostStorage.properties.primaryEndpoints.table

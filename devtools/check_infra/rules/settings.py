@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from realtime_speech import telemetry
 from realtime_speech.settings import setting_names
 
 from ..parsing import REPO_ROOT
@@ -42,6 +43,21 @@ NOT_DEPLOYED_SETTINGS = {
 }
 # Settings of the Functions host the code does not read, in the Bicep and the sample alike, and their values.
 HOST_SETTINGS = {"PYTHON_ENABLE_INIT_INDEXING": "1"}  # the HTTP streams extension on Python 3.11 and 3.12
+# With this setting the Python worker exports the app's telemetry itself; the host must then be in
+# OpenTelemetry mode, or it sends the worker's logs to Application Insights a second time.
+WORKER_TELEMETRY_SETTING = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
+# What the worker's azure-monitor-opentelemetry distro then needs, and why (docs/observability.md).
+WORKER_TELEMETRY_SETTINGS = {
+    # the one logger it collects: the app's (the default, the root logger, also collects the SDKs'
+    # records and the exporter's own, so that exporting produces telemetry)
+    "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": telemetry.LOGGER_NAME,
+    # whole traces, all of them (the distro's default limits spans per second, not traces)
+    "OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage",
+    "OTEL_TRACES_SAMPLER_ARG": "1.0",
+    # every instrumentation but the Azure SDK's, as the app turns off in its own pipeline
+    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": ",".join(telemetry._OTHER_INSTRUMENTATIONS),
+}
+LIST_SETTINGS = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"}  # compared as sets of names
 # Settings of the Functions host and the platform that only the Bicep has.
 PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__blobServiceUri",
@@ -49,7 +65,8 @@ PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
-    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY",
+    WORKER_TELEMETRY_SETTING,
+    *WORKER_TELEMETRY_SETTINGS,
 }
 # App settings Flex Consumption rejects or ignores (the runtime comes from functionAppConfig).
 FLEX_REJECTED_SETTINGS = {
@@ -66,9 +83,6 @@ FLEX_REJECTED_SETTINGS = {
     "WEBSITE_NODE_DEFAULT_VERSION",
     "AzureWebJobsStorage",
 }
-# With this setting the Python worker exports the app's telemetry itself; the host must then be in
-# OpenTelemetry mode, or it sends the worker's logs to Application Insights a second time.
-WORKER_TELEMETRY_SETTING = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
 
 
 def bicep_app_settings(trees: Trees) -> dict[str, Any]:
@@ -137,7 +151,8 @@ def host_setting_problems(trees: Trees, sample: dict[str, str]) -> Problems:
 
 
 def telemetry_problems(trees: Trees, host: dict[str, Any]) -> Problems:
-    """The worker exports the app's telemetry only with the host in OpenTelemetry mode (host.json)."""
+    """The worker exports the app's telemetry only with the host in OpenTelemetry mode (host.json), and
+    then exports it once, as whole traces, with the managed identity."""
     problems = Problems()
     bicep = bicep_app_settings(trees)
     worker_exports = bicep.get(WORKER_TELEMETRY_SETTING) == "true"
@@ -151,7 +166,39 @@ def telemetry_problems(trees: Trees, host: dict[str, Any]) -> Problems:
         "PYTHON_ENABLE_OPENTELEMETRY" not in bicep,
         "PYTHON_ENABLE_OPENTELEMETRY selects the OTLP exporter, which the deployment does not use",
     )
+    if worker_exports:
+        problems += worker_telemetry_problems(bicep)
     return problems
+
+
+def worker_telemetry_problems(bicep: dict[str, Any]) -> Problems:
+    """The distro's settings have their values, and its exporter authenticates with the app's identity
+    (the worker passes it no credential: the exporter reads APPLICATIONINSIGHTS_AUTHENTICATION_STRING)."""
+    problems = Problems()
+    for name, expected in WORKER_TELEMETRY_SETTINGS.items():
+        value = bicep.get(name)
+        same = (
+            isinstance(value, str) and _names(value) == _names(expected)
+            if name in LIST_SETTINGS
+            else value == expected
+        )
+        problems.expect(same, f"{name}: must be {expected!r} when the worker exports, is {value!r}")
+    authentication = bicep.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING")
+    try:
+        client_id = telemetry.EntraAuthentication.parse(str(authentication)).client_id
+    except ValueError as exc:
+        problems.append(f"APPLICATIONINSIGHTS_AUTHENTICATION_STRING is {authentication!r}: {exc}")
+    else:
+        problems.expect(
+            client_id == "${identityClientId}",
+            "APPLICATIONINSIGHTS_AUTHENTICATION_STRING: ClientId must be ${identityClientId}"
+            " (the app's identity)",
+        )
+    return problems
+
+
+def _names(value: str) -> set[str]:
+    return {name.strip() for name in value.split(",") if name.strip()}
 
 
 def check_settings(templates: Templates) -> Problems:
