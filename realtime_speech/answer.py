@@ -1,4 +1,5 @@
-"""One answer as the model speaks it, heard by its listeners: the stored file and the caller's events.
+"""One answer as the model speaks it, heard by its listeners (the stored file and the caller's events),
+and `Answering`, the answer under way as the HTTP edge sees it.
 
 `AnswerStream` is the `AnswerListener` of a realtime session. Each audio delta is encoded once into
 the next bytes of the stored file (see `encoders`); those bytes go to the block writer, which stages
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 from .encoders import AudioEncoder
-from .models import AudioFacts, InputAudioFacts
+from .models import AudioFacts, InputAudioFacts, SpeechResult
 from .storage import BlockBlobWriter
 
 Event = dict[str, Any]
@@ -168,3 +171,75 @@ class AnswerStream:
         if self._channel is not None and body:
             audio = base64.b64encode(body).decode()
             await self._channel.put({"type": "speech.audio.delta", "audio": audio}, len(audio))
+
+
+class Answering:
+    """One request's answer, under way or (for an idempotency key) an earlier one.
+
+    `result()` waits for it; `events()` yields it as Server-Sent Events data: `speech.started`, the
+    audio and transcript deltas as they arrive, then `speech.done` (the JSON body) or `error` (the
+    problem); `abandon()` is for a caller who left (the model is cancelled, nothing is committed).
+    """
+
+    def __init__(
+        self,
+        deadline: float,
+        work: asyncio.Future[tuple[SpeechResult, bool]],
+        started: Event | None = None,
+        channel: EventChannel | None = None,
+    ) -> None:
+        self.deadline = deadline
+        """When the answer must be complete (event-loop time)."""
+        self._work = work
+        self._started = started
+        self._channel = channel
+
+    @classmethod
+    def done(cls, deadline: float, result: SpeechResult, *, replayed: bool) -> Answering:
+        work: asyncio.Future[tuple[SpeechResult, bool]] = asyncio.get_running_loop().create_future()
+        work.set_result((result, replayed))
+        return cls(deadline, work)
+
+    @property
+    def replayed(self) -> bool:
+        """True when the result is an earlier request's (same idempotency key); known once done."""
+        return self._succeeded() and self._work.result()[1]
+
+    def failure(self) -> BaseException | None:
+        """Why the answer failed, once it has (None while under way, after success, or if abandoned)."""
+        if not self._work.done() or self._work.cancelled():
+            return None
+        return self._work.exception()
+
+    def _succeeded(self) -> bool:
+        return self._work.done() and not self._work.cancelled() and self._work.exception() is None
+
+    async def result(self) -> SpeechResult:
+        """The answer; if the waiting caller is cancelled, so is the answer."""
+        try:
+            return (await asyncio.shield(self._work))[0]
+        except asyncio.CancelledError:
+            await self.abandon()
+            raise
+
+    async def events(self, idle_seconds: float | None = None) -> AsyncIterator[Event | None]:
+        """The answer's events, the last `speech.done`; None whenever nothing happened for
+        `idle_seconds` (time for a keep-alive). A failure raises (the edge sends it as `error`)."""
+        if self._started is not None:
+            yield self._started
+        while self._channel is not None:
+            try:
+                event = await self._channel.get(idle_seconds)
+            except TimeoutError:
+                yield None
+                continue
+            if event is None:
+                break
+            yield event
+        yield {"type": "speech.done", **(await self.result()).model_dump(mode="json")}
+
+    async def abandon(self) -> None:
+        """Cancel the answer (the model response and every upload) and wait for its cleanup."""
+        self._work.cancel()
+        with contextlib.suppress(BaseException):
+            await self._work

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from . import telemetry
+from .answer import Answering
 from .audio_input import MEDIA_TYPES as AUDIO_MEDIA_TYPES
 from .errors import (
     InvalidRequest,
@@ -42,7 +43,7 @@ from .errors import (
 )
 from .logs import install_redaction
 from .models import MAX_BODY_BYTES, SpeechRequest, SpeechResult, Timeline
-from .service import Answering, SpeechService
+from .service import SpeechService
 from .settings import SettingsError, get_settings, settings_status
 
 install_redaction()

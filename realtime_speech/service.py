@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
@@ -23,7 +23,7 @@ from uuid import uuid4
 from azure.core.credentials_async import AsyncTokenCredential
 
 from . import incidents, telemetry
-from .answer import AnswerStream, AudioFile, Event, EventChannel, QuestionFile
+from .answer import Answering, AnswerStream, AudioFile, EventChannel, QuestionFile
 from .audio_input import SpokenQuestion, decode_question
 from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, OutputFormat
 from .errors import DeadlineExceeded, ServiceError
@@ -341,78 +341,6 @@ class SpeechService:
         for backend in self.backends.values():
             await backend.close()
         await self.credential.close()
-
-
-class Answering:
-    """One request's answer, under way or (for an idempotency key) an earlier one.
-
-    `result()` waits for it; `events()` yields it as Server-Sent Events data: `speech.started`, the
-    audio and transcript deltas as they arrive, then `speech.done` (the JSON body) or `error` (the
-    problem); `abandon()` is for a caller who left (the model is cancelled, nothing is committed).
-    """
-
-    def __init__(
-        self,
-        deadline: float,
-        work: asyncio.Future[tuple[SpeechResult, bool]],
-        started: Event | None = None,
-        channel: EventChannel | None = None,
-    ) -> None:
-        self.deadline = deadline
-        """When the answer must be complete (event-loop time)."""
-        self._work = work
-        self._started = started
-        self._channel = channel
-
-    @classmethod
-    def done(cls, deadline: float, result: SpeechResult, *, replayed: bool) -> Answering:
-        work: asyncio.Future[tuple[SpeechResult, bool]] = asyncio.get_running_loop().create_future()
-        work.set_result((result, replayed))
-        return cls(deadline, work)
-
-    @property
-    def replayed(self) -> bool:
-        """True when the result is an earlier request's (same idempotency key); known once done."""
-        return self._succeeded() and self._work.result()[1]
-
-    def failure(self) -> BaseException | None:
-        """Why the answer failed, once it has (None while under way, after success, or if abandoned)."""
-        if not self._work.done() or self._work.cancelled():
-            return None
-        return self._work.exception()
-
-    def _succeeded(self) -> bool:
-        return self._work.done() and not self._work.cancelled() and self._work.exception() is None
-
-    async def result(self) -> SpeechResult:
-        """The answer; if the waiting caller is cancelled, so is the answer."""
-        try:
-            return (await asyncio.shield(self._work))[0]
-        except asyncio.CancelledError:
-            await self.abandon()
-            raise
-
-    async def events(self, idle_seconds: float | None = None) -> AsyncIterator[Event | None]:
-        """The answer's events, the last `speech.done`; None whenever nothing happened for
-        `idle_seconds` (time for a keep-alive). A failure raises (the edge sends it as `error`)."""
-        if self._started is not None:
-            yield self._started
-        while self._channel is not None:
-            try:
-                event = await self._channel.get(idle_seconds)
-            except TimeoutError:
-                yield None
-                continue
-            if event is None:
-                break
-            yield event
-        yield {"type": "speech.done", **(await self.result()).model_dump(mode="json")}
-
-    async def abandon(self) -> None:
-        """Cancel the answer (the model response and every upload) and wait for its cleanup."""
-        self._work.cancel()
-        with contextlib.suppress(BaseException):
-            await self._work
 
 
 def record_name(audio_name: str) -> str:
