@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import resource
 import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
+import aiohttp
+import numpy as np
+import psutil
+import soxr
 from azure.identity.aio import ManagedIdentityCredential
 from azure.storage.blob.aio import BlobServiceClient
 from openai import AsyncOpenAI
 
 import function_app
 from devtools.driver import FunctionDriver
+from devtools.realtime_emulator import encode_audio, synthesize
 from realtime_speech import http
+from realtime_speech.audio_input import MODEL_RATE
+from realtime_speech.encoders import OUTPUT_FORMATS, OutputFormat
 from realtime_speech.realtime import VoiceRequest, session_config
 from realtime_speech.settings import get_settings
 from realtime_speech.wav import WAV_HEADER_BYTES
+from tests.audio_corpus import encode as encode_sound
 
 from .records import TailRoundTrips
 
@@ -31,6 +40,8 @@ COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 SPOKEN_TEXT = "Please read the weather report for the coast."
 RECORD_BYTES = 1200
 """About the size of the JSON record the function saves beside each WAV."""
+EVENT_STREAM_HEADERS = {"Accept": "text/event-stream"}
+TONE_SECONDS_PER_CHARACTER = 0.065
 
 
 def speech_text(seconds: float, pace: float | None = None) -> str:
@@ -38,6 +49,60 @@ def speech_text(seconds: float, pace: float | None = None) -> str:
     `pace` times real time. The same text always gives the same audio."""
     scenario = f"slow pace={pace:g}" if pace is not None else "long"
     return f"[[emulator:{scenario} seconds={seconds:g}]] {SPOKEN_TEXT}"
+
+
+def question_text(seconds: float) -> str:
+    """A question the emulator's tones speak in about `seconds` (one 65 ms symbol per character)."""
+    characters = round(seconds / TONE_SECONDS_PER_CHARACTER)
+    return " ".join([SPOKEN_TEXT] * (characters // len(SPOKEN_TEXT) + 1))[:characters].strip()
+
+
+def model_audio(seconds: float, output: OutputFormat = OUTPUT_FORMATS["wav"]) -> bytes:
+    """`seconds` of the emulator's speech in the session audio format of `output` (what the model
+    sends for that format: PCM16 24 kHz, or G.711 at 8 kHz)."""
+    return encode_audio(synthesize(SPOKEN_TEXT, seconds=seconds).pcm, output.session_format)
+
+
+def model_deltas(audio: bytes, seconds: float) -> list[bytes]:
+    """`audio` (lasting `seconds`) cut as the emulator sends it: 100 ms, 150 ms, then 250 ms a delta."""
+    per_second = len(audio) / seconds
+    sizes = [round(per_second * share) for share in (0.1, 0.15)]
+    chunks, offset = [], 0
+    while offset < len(audio):
+        size = sizes.pop(0) if sizes else round(per_second * 0.25)
+        chunks.append(audio[offset : offset + size])
+        offset += size
+    return chunks
+
+
+@dataclass(frozen=True)
+class SpokenInput:
+    """A spoken question as a caller would upload it."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+
+def spoken_inputs(text: str) -> list[SpokenInput]:
+    """`text` spoken by the emulator's tones (which it hears back as `text`), in each kind of file a
+    caller may send: WAV 48 kHz stereo, WAV 16 kHz mono, FLAC 44.1 kHz, MP3 24 kHz 48 kbps, Ogg Vorbis
+    48 kHz."""
+    pcm = synthesize(text).pcm
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+
+    def at(rate: int, channels: int = 1) -> np.ndarray:
+        resampled = soxr.resample(samples, MODEL_RATE, rate)
+        return np.repeat(resampled[:, None], channels, axis=1)
+
+    mp3 = OUTPUT_FORMATS["mp3"].encoder(mp3_bitrate_kbps=48)
+    return [
+        SpokenInput("WAV 48 kHz stereo", "audio/wav", encode_sound(at(48_000, 2), 48_000, "WAV", "PCM_16")),
+        SpokenInput("WAV 16 kHz mono", "audio/wav", encode_sound(at(16_000), 16_000, "WAV", "PCM_16")),
+        SpokenInput("FLAC 44.1 kHz", "audio/flac", encode_sound(at(44_100), 44_100, "FLAC", "PCM_16")),
+        SpokenInput("MP3 24 kHz 48 kbps", "audio/mpeg", mp3.encode(pcm) + mp3.flush()),
+        SpokenInput("Ogg Vorbis 48 kHz", "audio/ogg", encode_sound(at(48_000), 48_000, "OGG", "VORBIS")),
+    ]
 
 
 def peak_rss_bytes() -> int:
@@ -52,11 +117,15 @@ def cpu_seconds() -> float:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One call: HTTP-like status, wall seconds, and the response body (or the error's name)."""
+    """One call: HTTP-like status, wall seconds, the response body (or the error's name), and the
+    seconds until its first audio reached the caller (None when the call does not say)."""
 
     status: int
     seconds: float
     body: dict[str, Any]
+    first_audio: float | None = None
+    retry_after: float | None = None
+    """The `Retry-After` of a refusal, in seconds."""
 
 
 class SpeechFunction:
@@ -65,11 +134,25 @@ class SpeechFunction:
     def __init__(self) -> None:
         self._driver = FunctionDriver(function_app.app)
 
-    async def call(self, text: str) -> Outcome:
+    async def call(self, text: str, **options: str) -> Outcome:
+        """A written question, with more request `options` (e.g. `format`)."""
+        return await self._timed(json={"text": text, **options})
+
+    async def ask_aloud(self, audio: bytes, content_type: str) -> Outcome:
+        """A spoken question: the audio file as the raw body."""
+        return await self._timed(content=audio, headers={"Content-Type": content_type})
+
+    async def _timed(self, **request: Any) -> Outcome:
         started = time.perf_counter()
-        response = await self._driver.post_speech({"text": text})
+        response = await self._driver.post_speech(**request)
         elapsed = time.perf_counter() - started
-        return Outcome(response.status_code, elapsed, response.json())
+        retry_after = response.headers.get("retry-after")
+        return Outcome(
+            response.status_code,
+            elapsed,
+            response.json(),
+            retry_after=None if retry_after is None else float(retry_after),
+        )
 
     async def close(self) -> None:
         await self._driver.aclose()
@@ -96,6 +179,8 @@ class BareRealtime:
                 instructions=settings.realtime_instructions,
                 voice=settings.realtime_voice,
                 transcription_model=settings.realtime_transcription_model,
+                output_format=dict(OUTPUT_FORMATS["wav"].session_format),
+                speed=settings.realtime_speed,
             )
         )
 
@@ -108,6 +193,7 @@ class BareRealtime:
 
     async def call(self, text: str) -> Outcome:
         started = time.perf_counter()
+        first_audio: float | None = None
         chunks: list[bytes] = []
         async with self._client.realtime.connect(model=self._deployment) as connection:
             await connection.session.update(session=self._config)  # type: ignore[arg-type]
@@ -117,16 +203,106 @@ class BareRealtime:
             await connection.response.create()
             async for event in connection:
                 if event.type == "response.output_audio.delta":
+                    first_audio = first_audio or time.perf_counter() - started
                     chunks.append(base64.b64decode(event.delta))
                 elif event.type == "error":
                     raise RuntimeError(f"realtime error event: {event.error.code}")
                 elif event.type == "response.done":
                     break
         elapsed = time.perf_counter() - started
-        return Outcome(200, elapsed, {"audio_bytes": sum(map(len, chunks))})
+        return Outcome(200, elapsed, {"audio_bytes": sum(map(len, chunks))}, first_audio)
 
     async def close(self) -> None:
         await self._client.close()
+
+
+class HostedFunction:
+    """`POST /api/speech` through a dev host over a socket (`Stack.start_host`): a JSON answer, or the
+    answer's Server-Sent Events read as they arrive. Only the events' names are parsed, and the data
+    of the final one, so a reader of many streams keeps up."""
+
+    def __init__(self, url: str) -> None:
+        self._url = f"{url}/api/speech"
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900))
+
+    async def call(self, text: str) -> Outcome:
+        """The JSON answer."""
+        started = time.perf_counter()
+        async with self._http.post(self._url, json={"text": text}) as response:
+            body = await response.json(content_type=None)
+        return Outcome(response.status, time.perf_counter() - started, body)
+
+    async def stream(self, text: str) -> Outcome:
+        """The whole event stream; the body is the data of its last event (`speech.done` or `error`)."""
+        return await self._events(text, stop_after_audio=None)
+
+    async def stall(self, text: str, seconds: float) -> Outcome:
+        """Read the stream up to its first audio, then stop reading for `seconds` and hang up. The
+        body holds how many bytes of audio events' data had been read by then."""
+        return await self._events(text, stop_after_audio=seconds)
+
+    async def _events(self, text: str, stop_after_audio: float | None) -> Outcome:
+        started = time.perf_counter()
+        first_audio: float | None = None
+        name, data, audio_bytes = "", b"", 0
+        async with self._http.post(self._url, json={"text": text}, headers=EVENT_STREAM_HEADERS) as response:
+            if response.status != 200:
+                return Outcome(response.status, time.perf_counter() - started, await response.json())
+            async for line in response.content:
+                if line.startswith(b"event: "):
+                    name = line[7:].strip().decode()
+                elif line.startswith(b"data: "):
+                    data = line[6:]
+                    if name != "speech.audio.delta":
+                        continue
+                    audio_bytes += len(data)
+                    if first_audio is None:
+                        first_audio = time.perf_counter() - started
+                        if stop_after_audio is not None:
+                            await asyncio.sleep(stop_after_audio)
+                            response.close()
+                            body = {"audio_event_bytes": audio_bytes}
+                            return Outcome(200, time.perf_counter() - started, body, first_audio)
+        final = json.loads(data) if name in ("speech.done", "error") else {"type": name or "no event"}
+        status = 200 if name == "speech.done" else 0
+        return Outcome(status, time.perf_counter() - started, final, first_audio)
+
+    async def close(self) -> None:
+        await self._http.close()
+
+
+class RssWatch:
+    """Samples another process's RSS every `INTERVAL` seconds: `async with RssWatch(pid) as watch:`,
+    then `watch.peak` and `watch.samples` ((seconds since entering, bytes))."""
+
+    INTERVAL = 0.02
+
+    def __init__(self, pid: int) -> None:
+        self._process = psutil.Process(pid)
+        self.samples: list[tuple[float, int]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    @property
+    def peak(self) -> int:
+        return max(rss for _, rss in self.samples)
+
+    async def __aenter__(self) -> RssWatch:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        entered = time.perf_counter()
+        while True:
+            self.samples.append((round(time.perf_counter() - entered, 3), self.rss()))
+            await asyncio.sleep(self.INTERVAL)
 
 
 class BlobProbe:

@@ -12,31 +12,58 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .plots import LATENCY_PLOT, MEMORY_PLOT
+from .plots import FIRST_AUDIO_PLOT, LATENCY_PLOT, MEMORY_PLOT, STALLED_PLOT
 from .records import (
     MIB,
+    AudioDecodingRun,
     ColdStartRun,
     ConcurrencyRun,
+    DecodingCost,
+    EncodingCost,
+    FirstAudioRun,
     ImportTime,
     LatencyRun,
     MemoryRun,
+    OutputEncodingRun,
+    PoolThroughputRun,
     Results,
     StorageBurstRun,
+    StreamMemoryRun,
+    TelemetryRun,
 )
 from .stats import Spread
 from .summaries import (
+    CPU_SHARE_TARGET,
+    FIRST_AUDIO_SLACK_MS,
+    FIRST_AUDIO_SOONER,
     P99_TARGET_MS,
+    POOL_SCALING_TARGET,
+    STALLED_READER_SLACK,
     ConcurrencySummary,
+    FirstAudioSummary,
+    FormatLatency,
     LatencySummary,
+    PoolSummary,
+    QuestionLatency,
+    RssCase,
     StorageFloor,
     cold_start_summary,
     concurrency_summary,
+    cpu_share,
     default_block,
+    fewest_sessions,
+    first_audio_summary,
+    format_latencies,
     largest_function_burst,
     latency_summary,
     memory_growth,
+    pool_scaling,
+    pool_summary,
+    question_latencies,
     shortest,
     storage_floors,
+    stream_memory_cases,
+    telemetry_effect,
 )
 from .units import audio, mib, ms
 
@@ -57,6 +84,16 @@ def render(results: Results) -> str:
         _concurrency(results.concurrency, results.storage_burst),
         _cold_start(results.cold_start, results.import_profile),
     ]
+    cpus = results.machine.cpus or 1
+    optional = [
+        (results.first_audio, _first_audio),
+        (results.stream_memory, _stream_memory),
+        (results.mp3_encoding, _encoding),
+        (results.audio_decoding, _decoding),
+        (results.backend_pool, lambda runs: _pool(runs, cpus)),
+        (results.telemetry, _telemetry),
+    ]
+    sections += [render_section(runs) for runs, render_section in optional if runs]
     return "\n\n".join(sections)
 
 
@@ -134,14 +171,88 @@ def _targets(results: Results) -> str:
             "ms",
         ),
     ]
+    rows += _new_targets(results)
     return table(["Target", "Measured", "Limit", "Verdict"], rows, title="## Targets")
+
+
+def _new_targets(results: Results) -> list[list[str]]:
+    """The targets of the benchmarks a results.json may not have (older runs)."""
+    rows = []
+    if results.first_audio:
+        one = first_audio_summary(fewest_sessions(results.first_audio))
+        slack = FIRST_AUDIO_SLACK_MS
+        rows += [
+            _target_row(
+                f"{one.sessions} session: SSE first audio minus bare first delta, p50 <= {slack:g} ms",
+                one.sse_minus_bare,
+                slack,
+                "ms",
+            ),
+            _target_row(
+                f"{one.sessions} session: first SSE audio >= {FIRST_AUDIO_SOONER:g}x sooner than JSON answer",
+                one.json_over_sse,
+                FIRST_AUDIO_SOONER,
+                "x",
+                higher_is_better=True,
+            ),
+            _target_row(
+                f"{one.sessions} session: SSE total within {slack:g} ms of JSON total (p50)",
+                abs(one.sse_minus_json_total),
+                slack,
+                "ms",
+            ),
+        ]
+    if results.stream_memory:
+        stalled = stream_memory_cases(results.stream_memory[-1])[0]
+        rows.append(
+            _target_row(
+                "Host RSS growth, one caller stops reading: < 8 MiB",
+                stalled.growth / MIB,
+                STALLED_READER_SLACK / MIB,
+                "MiB",
+            )
+        )
+    if results.mp3_encoding:
+        mp3 = next(cost for cost in results.mp3_encoding[-1].costs if cost.format == "mp3")
+        rows.append(
+            _target_row(
+                "MP3 encoding CPU per audio second: < 2 % of real time",
+                cpu_share(mp3.cpu_seconds, mp3.audio_seconds) * 100,
+                CPU_SHARE_TARGET * 100,
+                "%",
+            )
+        )
+    if results.audio_decoding:
+        costs = results.audio_decoding[-1].costs
+        worst = max(costs, key=lambda cost: cpu_share(cost.cpu_seconds, cost.input_seconds))
+        rows.append(
+            _target_row(
+                f"Decoding CPU per input second, slowest input ({worst.input}): < 2 % of real time",
+                cpu_share(worst.cpu_seconds, worst.input_seconds) * 100,
+                CPU_SHARE_TARGET * 100,
+                "%",
+            )
+        )
+    if results.backend_pool:
+        rows.append(
+            _target_row(
+                f"Backend pool: throughput with two backends >= {POOL_SCALING_TARGET:g}x one",
+                pool_scaling(results.backend_pool),
+                POOL_SCALING_TARGET,
+                "x",
+                higher_is_better=True,
+            )
+        )
+    return rows
 
 
 def _target_row(
     name: str, measured: float, limit: float, unit: str, *, higher_is_better: bool = False
 ) -> list[str]:
     def show(value: float) -> str:
-        return ms(value) if unit == "ms" else f"{value:.1f} {unit}"
+        if unit == "ms":
+            return ms(value)
+        return f"{value:.2f}x" if unit == "x" else f"{value:.2f} {unit}"
 
     met = measured >= limit if higher_is_better else measured <= limit
     verdict = "met" if met else f"missed by {show(abs(measured - limit))} ({measured / limit:.1f}x)"
@@ -299,3 +410,161 @@ def _cold_start(runs: Sequence[ColdStartRun], profile: Sequence[ImportTime]) -> 
         [[f"`{row.package}`", ms(row.ms)] for row in profile],
     )
     return f"{steps}\n\n{marks}\n\n{imports}"
+
+
+# --- new sections -----------------------------------------------------------------------------------
+
+FIRST_AUDIO_COLUMNS: tuple[Column[FirstAudioSummary], ...] = (
+    ("Sessions", lambda s: str(s.sessions)),
+    ("Rounds", lambda s: str(s.rounds)),
+    ("Bare SDK first delta p50", lambda s: ms(s.bare_first.median)),
+    ("SSE first audio p50 / p95", lambda s: f"{ms(s.sse_first.median)} / {ms(s.sse_first.p95)}"),
+    ("SSE minus bare (p50)", lambda s: ms(s.sse_minus_bare)),
+    ("JSON answer p50", lambda s: ms(s.json_total.median)),
+    ("JSON / SSE first audio", lambda s: f"{s.json_over_sse:.0f}x"),
+    ("SSE total p50", lambda s: ms(s.sse_total.median)),
+    ("SSE minus JSON total (p50)", lambda s: ms(s.sse_minus_json_total)),
+    ("Failures", lambda s: str(s.failures)),
+)
+
+
+def _first_audio(runs: Sequence[FirstAudioRun]) -> str:
+    summaries = [first_audio_summary(run) for run in sorted(runs, key=lambda run: run.sessions)]
+    seconds = audio(runs[0].seconds)
+    title = (
+        f"## 5. Time to first audio at the caller ({seconds} answers paced at real time, dev host over a"
+        " socket)"
+    )
+    plot = f"![Time to first audio]({FIRST_AUDIO_PLOT})"
+    return f"{_columns_table(FIRST_AUDIO_COLUMNS, summaries, title)}\n\n{plot}"
+
+
+RSS_COLUMNS: tuple[Column[RssCase], ...] = (
+    ("Case", lambda case: case.name),
+    ("Host RSS before", lambda case: mib(case.before)),
+    ("Peak during", lambda case: mib(case.peak)),
+    ("Growth", lambda case: mib(case.growth)),
+    ("Answers", lambda case: f"{case.ok} / {case.calls}"),
+)
+
+
+def _stream_memory(runs: Sequence[StreamMemoryRun]) -> str:
+    title = "## 6. Memory of streams: the dev host's RSS, sampled every 20 ms"
+    cases = [case for run in runs for case in stream_memory_cases(run)]
+    read = ", ".join(f"{run.stalled_audio_bytes / 1024:.0f} KiB" for run in runs)
+    note = f"The stalled caller had read {read} of audio events when it stopped reading."
+    plot = f"![Host RSS while a caller stops reading]({STALLED_PLOT})"
+    return f"{_columns_table(RSS_COLUMNS, cases, title)}\n\n{note}\n\n{plot}"
+
+
+ENCODING_COLUMNS: tuple[Column[EncodingCost], ...] = (
+    ("Format", lambda cost: f"`{cost.format}`"),
+    ("Audio", lambda cost: audio(cost.audio_seconds)),
+    ("CPU ms / audio s", lambda cost: f"{cpu_share(cost.cpu_seconds, cost.audio_seconds) * 1000:.3f}"),
+    ("Share of real time", lambda cost: f"{cpu_share(cost.cpu_seconds, cost.audio_seconds) * 100:.3f} %"),
+    ("File", lambda cost: f"{cost.file_bytes / 1024:.0f} KiB"),
+    ("Bytes / audio s", lambda cost: f"{cost.file_bytes / cost.audio_seconds:,.0f}"),
+)
+FORMAT_LATENCY_COLUMNS: tuple[Column[FormatLatency], ...] = (
+    ("Format", lambda latency: f"`{latency.format}`"),
+    ("Requests", lambda latency: str(latency.function.n)),
+    ("Function p50", lambda latency: ms(latency.function.median)),
+    ("p95", lambda latency: ms(latency.function.p95)),
+    ("Added vs wav (p50)", lambda latency: ms(latency.added)),
+    ("Stored file", lambda latency: f"{latency.file_bytes / 1024:.0f} KiB"),
+)
+
+
+def _encoding(runs: Sequence[OutputEncodingRun]) -> str:
+    run = runs[-1]
+    costs = _columns_table(
+        ENCODING_COLUMNS,
+        run.costs,
+        title=f"## 7. Output formats: encoders alone (MP3 at {run.mp3_bitrate_kbps} kbps), median of"
+        " 3 repetitions",
+    )
+    if run.format_samples is None:
+        return f"{costs}\n\nThe app measured has no request option `format`: no requests per format."
+    latencies = _columns_table(
+        FORMAT_LATENCY_COLUMNS,
+        format_latencies(run.format_samples),
+        title=f"Requests per format, {audio(run.request_seconds)} at full speed, formats in turn each round",
+    )
+    return f"{costs}\n\n{latencies}"
+
+
+DECODING_COLUMNS: tuple[Column[DecodingCost], ...] = (
+    ("Input", lambda cost: cost.input),
+    ("Content type", lambda cost: f"`{cost.content_type}`"),
+    ("Audio", lambda cost: f"{cost.input_seconds:.1f} s"),
+    ("Size", lambda cost: f"{cost.input_bytes / 1024:.0f} KiB"),
+    ("CPU ms / input s", lambda cost: f"{cpu_share(cost.cpu_seconds, cost.input_seconds) * 1000:.2f}"),
+    ("Share of real time", lambda cost: f"{cpu_share(cost.cpu_seconds, cost.input_seconds) * 100:.2f} %"),
+)
+QUESTION_COLUMNS: tuple[Column[QuestionLatency], ...] = (
+    ("Question", lambda latency: latency.kind),
+    ("Requests", lambda latency: str(latency.function.n)),
+    ("First audio p50 (function's mark)", lambda latency: ms(latency.first_audio.median)),
+    ("p95", lambda latency: ms(latency.first_audio.p95)),
+    ("Whole request p50", lambda latency: ms(latency.function.median)),
+)
+
+
+def _decoding(runs: Sequence[AudioDecodingRun]) -> str:
+    run = runs[-1]
+    costs = _columns_table(
+        DECODING_COLUMNS,
+        run.costs,
+        title="## 8. Spoken questions: `decode_question` (decode, downmix, resample to 24 kHz), median of"
+        " 3 repetitions",
+    )
+    if run.question_samples is None:
+        return f"{costs}\n\nThe app measured does not take spoken questions (415): no requests."
+    latencies = question_latencies(run.question_samples)
+    title = f"Spoken ({audio(run.question_seconds)}, WAV 16 kHz) vs written question of the same content"
+    table_ = _columns_table(QUESTION_COLUMNS, latencies.values(), title)
+    return f"{costs}\n\n{table_}"
+
+
+def _pool(runs: Sequence[PoolThroughputRun], cpus: int) -> str:
+    run = runs[0]
+    columns: tuple[Column[PoolSummary], ...] = (
+        ("Backends", lambda s: str(s.backends)),
+        ("Answers", lambda s: str(s.answers)),
+        ("Answers / s", lambda s: f"{s.throughput:.2f}"),
+        ("E2E p50 / p95", lambda s: f"{ms(s.e2e.median)} / {ms(s.e2e.p95)}"),
+        ("Refusals (429/503)", lambda s: str(s.refusals)),
+        ("CPU used (worker + emulators)", lambda s: f"{s.cpu_share * 100:.0f} % of {cpus} CPUs"),
+    )
+    title = (
+        f"## 9. Backend pool: {run.clients} callers in a closed loop for {run.window_seconds:g} s,"
+        f" {audio(run.seconds)} answers at real time, each backend admitting {run.max_sessions} sessions"
+    )
+    rows = _columns_table(columns, [pool_summary(each, cpus) for each in runs], title)
+    return f"{rows}\n\nTwo backends over one: {pool_scaling(runs):.2f}x the answers per second."
+
+
+def _telemetry(runs: Sequence[TelemetryRun]) -> str:
+    effect = telemetry_effect(runs)
+    rows = [
+        [
+            "with" if run.settings else "without",
+            str(len(run.samples)),
+            ms(latency_summary(run).function.median),
+            ms(latency_summary(run).added.median),
+            str(run.ingested_items),
+        ]
+        for run in runs
+    ]
+    title = (
+        f"## 10. Telemetry: the latency benchmark ({audio(runs[0].seconds)} at full speed) without and"
+        " with telemetry to the ingestion stand-in, alternating"
+    )
+    runs_table = table(
+        ["Telemetry", "Pairs", "Function p50", "Added vs bare p50", "Items ingested"], rows, title
+    )
+    verdict = (
+        f"All pairs: added p50 {ms(effect.off.added.median)} without, {ms(effect.on.added.median)} with"
+        f" telemetry: telemetry adds {ms(effect.added)} ({effect.items} items ingested)."
+    )
+    return f"{runs_table}\n\n{verdict}"

@@ -1,4 +1,4 @@
-"""The two plots beside RESULTS.md, drawn from a run's records with matplotlib (Agg, no display)."""
+"""The plots beside RESULTS.md, drawn from a run's records with matplotlib (Agg, no display)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .records import MIB, ConcurrencyRun, MemoryRun
-from .summaries import P99_TARGET_MS, concurrency_summary, memory_limit
-from .units import audio, mib
+from .records import MIB, ConcurrencyRun, FirstAudioRun, MemoryRun, StreamMemoryRun
+from .summaries import (
+    P99_TARGET_MS,
+    STALLED_READER_SLACK,
+    concurrency_summary,
+    first_audio_summary,
+    memory_limit,
+)
+from .units import audio, mib, ms
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -16,6 +22,8 @@ if TYPE_CHECKING:
 
 LATENCY_PLOT = "latency_vs_concurrency.png"
 MEMORY_PLOT = "memory_vs_audio_length.png"
+FIRST_AUDIO_PLOT = "first_audio.png"
+STALLED_PLOT = "stalled_reader_rss.png"
 
 
 def plot_latency(runs: Sequence[ConcurrencyRun], path: Path) -> None:
@@ -63,6 +71,45 @@ def plot_memory(runs: Sequence[MemoryRun], path: Path) -> None:
     axes.set_xlabel("audio length (log scale); one process per point, after a 10 s warm-up request")
     axes.set_ylabel("peak RSS, MiB")
     axes.set_title("Peak RSS of one request vs audio length")
+    axes.grid(True, alpha=0.3)
+    _save(figure, axes, path)
+
+
+def plot_first_audio(runs: Sequence[FirstAudioRun], path: Path) -> None:
+    """Median time to the first audio at the caller per number of sessions: the bare SDK loop's first
+    delta, the first SSE audio event, and the whole JSON answer (log scale)."""
+    figure, axes = _figure()
+    summaries = [first_audio_summary(run) for run in sorted(runs, key=lambda run: run.sessions)]
+    bars = {
+        "bare SDK loop, first delta": ("tab:blue", [s.bare_first.median for s in summaries]),
+        "SSE, first speech.audio.delta": ("tab:red", [s.sse_first.median for s in summaries]),
+        "JSON answer (all of it)": ("tab:gray", [s.json_total.median for s in summaries]),
+    }
+    width = 0.8 / len(bars)
+    for index, (label, (color, values)) in enumerate(bars.items()):
+        offsets = [group + (index - 1) * width for group in range(len(summaries))]
+        drawn = axes.bar(offsets, values, width, color=color, label=label)
+        axes.bar_label(drawn, [ms(value) for value in values], fontsize=7)
+    axes.set_yscale("log")
+    axes.set_xticks(range(len(summaries)), [f"{s.sessions} simultaneous" for s in summaries])
+    axes.set_ylabel("ms since the request began (median, log scale)")
+    axes.set_title(f"Time to first audio, {audio(runs[0].seconds)} answers at real time")
+    axes.grid(True, axis="y", which="both", alpha=0.3)
+    _save(figure, axes, path)
+
+
+def plot_stalled(runs: Sequence[StreamMemoryRun], path: Path) -> None:
+    """The dev host's RSS while one caller stops reading, against the RSS before and the target."""
+    figure, axes = _figure()
+    run = runs[-1]
+    seconds = [at for at, _ in run.stalled_rss]
+    axes.plot(seconds, [rss / MIB for _, rss in run.stalled_rss], "-", color="tab:red", label="host RSS")
+    axes.axhline(run.baseline_rss / MIB, color="tab:blue", linestyle="--", label="before the request")
+    limit = (run.baseline_rss + STALLED_READER_SLACK) / MIB
+    axes.axhline(limit, color="black", linestyle=":", label="target: less than 8 MiB growth")
+    axes.set_xlabel("seconds since the request began (it stops reading after its first audio)")
+    axes.set_ylabel("RSS, MiB")
+    axes.set_title(f"Dev host RSS while a caller stops reading a {audio(run.stalled_seconds)} answer")
     axes.grid(True, alpha=0.3)
     _save(figure, axes, path)
 

@@ -16,7 +16,7 @@ keyword-only, so a default can go anywhere.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, field, fields
 from typing import Literal, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter
@@ -33,8 +33,8 @@ Timings = dict[str, float]
 """The function's `timings_ms`: milliseconds since the request began, per mark (`connected`,
 `first_audio`, `audio_done`, `response_done`, `committed`, `signed`)."""
 
-ClientKind = Literal["bare", "function"]
-"""Who answered: the bare openai-SDK loop or the function."""
+ClientKind = Literal["bare", "function", "sse"]
+"""Who answered: the bare openai-SDK loop, or the function with a JSON answer or Server-Sent Events."""
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
@@ -52,6 +52,26 @@ class Plan:
     session_seconds: float = 10.0
     pace: float = 1.0
     cold_starts: int = 5
+    first_audio_sessions: tuple[int, ...] = (1, 16)
+    first_audio_seconds: float = 10.0
+    first_audio_rounds: tuple[int, ...] = (5, 1)
+    """Rounds at each of `first_audio_sessions`; a round is one burst of each client kind in turn."""
+    stream_sessions: int = 16
+    stream_seconds: float = 60.0
+    stalled_seconds: float = 300.0
+    stall_seconds: float = 8.0
+    """How long the stalled reader of a `stalled_seconds` answer stops reading."""
+    encoded_seconds: float = 60.0
+    format_rounds: int = 10
+    decoded_seconds: float = 30.0
+    question_rounds: int = 6
+    pool_max_sessions: int = 4
+    pool_clients: int = 12
+    pool_answer_seconds: float = 3.0
+    pool_window_seconds: float = 20.0
+    pool_rounds: int = 1
+    telemetry_pairs: int = 20
+    telemetry_rounds: int = 2
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
@@ -226,6 +246,189 @@ class ConcurrencyRun(Concurrency, Process):
     """Tokens the identity endpoint issued while the worker ran (warm-up included)."""
 
 
+# --- time to first audio ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class FirstAudioSample:
+    """One call: when the first audio reached the caller and when the call ended (ms since it began).
+    For a JSON answer the first audio is the whole answer; None when the call failed before any."""
+
+    kind: ClientKind
+    round: int
+    first_audio_ms: float | None
+    total_ms: float
+    ok: bool
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class FirstAudio:
+    """`sessions` simultaneous calls of each kind in turn, `rounds` times, answers of `seconds` paced
+    at `pace`; the function through a dev host over a socket."""
+
+    sessions: int
+    seconds: float
+    pace: float
+    samples: list[FirstAudioSample]
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class FirstAudioRun(FirstAudio, Process):
+    """A first-audio run and the worker process (the callers) it ran in."""
+
+
+# --- memory of streams ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class StreamMemory:
+    """The dev host's RSS (sampled) while it streams: one caller that stops reading in a long answer
+    (against `baseline_rss`, after warm-up), then `sessions` simultaneous streams, then as many JSON
+    answers, each against the RSS just before. `stalled_rss` is (seconds since the stalled request
+    began, RSS) while it waited."""
+
+    baseline_rss: int
+    stalled_seconds: float
+    stall_seconds: float
+    stalled_peak_rss: int
+    stalled_audio_bytes: int
+    """Audio the stalled caller had read when it stopped reading."""
+    stalled_rss: list[tuple[float, int]]
+    sessions: int
+    seconds: float
+    streams_before_rss: int
+    streams_peak_rss: int
+    streams_ok: int
+    json_before_rss: int
+    json_peak_rss: int
+    json_ok: int
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class StreamMemoryRun(StreamMemory, Process):
+    """A stream memory run and the worker process (the callers) it ran in."""
+
+
+# --- output encoding --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class EncodingCost:
+    """One format's encoder on the same answer (the model's deltas as the emulator sends them):
+    CPU seconds of each repetition, and the file it made."""
+
+    format: str
+    audio_seconds: float
+    cpu_seconds: list[float]
+    file_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class FormatSample:
+    """One request for one output format: end-to-end ms and the stored file's size."""
+
+    format: str
+    round: int
+    function_ms: float
+    file_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class OutputEncoding:
+    """The encoders alone, then (when the app takes the request option `format`) requests in every
+    format in turn; `format_samples` is None when the app measured has no such option."""
+
+    mp3_bitrate_kbps: int
+    costs: list[EncodingCost]
+    request_seconds: float
+    format_samples: list[FormatSample] | None
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class OutputEncodingRun(OutputEncoding, Process):
+    """An output encoding run and the worker process it ran in."""
+
+
+# --- spoken questions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class DecodingCost:
+    """`decode_question` on one kind of input: CPU seconds of each repetition."""
+
+    input: str
+    content_type: str
+    input_seconds: float
+    input_bytes: int
+    cpu_seconds: list[float]
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class QuestionSample:
+    """One request, a spoken or a written question: the function's own marks (ms since it began)."""
+
+    kind: Literal["spoken", "text"]
+    round: int
+    function_ms: float
+    timings_ms: Timings
+    answer_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class AudioDecoding:
+    """The decoder alone on each input, then (when the app takes spoken questions) spoken and written
+    questions of the same content in turn; `question_samples` is None when it does not."""
+
+    costs: list[DecodingCost]
+    question_seconds: float
+    question_samples: list[QuestionSample] | None
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class AudioDecodingRun(AudioDecoding, Process):
+    """An audio decoding run and the worker process it ran in."""
+
+
+# --- backend pool -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class PoolThroughput:
+    """`clients` callers in a closed loop for `window_seconds` (each waits Retry-After after a 429 or
+    503) against `backends` backends that each admit `max_sessions` sessions at once."""
+
+    backends: int
+    max_sessions: int
+    clients: int
+    seconds: float
+    pace: float
+    window_seconds: float
+    wall_seconds: float
+    e2e_ms: list[float]
+    answered_by: dict[str, int]
+    """Answers per backend (the answer's `backend`)."""
+    refusals: dict[str, int]
+    """Answers other than 200, by problem type."""
+    cpu_seconds: float
+    stand_in_cpu_seconds: dict[str, float]
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class PoolThroughputRun(PoolThroughput, Process):
+    """A backend pool run and the worker process it ran in."""
+
+
+# --- telemetry --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class TelemetryRun(Latency, Process):
+    """A latency run with or without telemetry settings (`settings`)."""
+
+    ingested_items: int
+    """Telemetry items the ingestion stand-in accepted while the worker ran."""
+
+
 # --- a whole run ------------------------------------------------------------------------------------
 
 
@@ -246,6 +449,12 @@ class Runs:
     memory: list[MemoryRun]
     storage_burst: list[StorageBurstRun]
     concurrency: list[ConcurrencyRun]
+    first_audio: list[FirstAudioRun] = field(default_factory=list)
+    stream_memory: list[StreamMemoryRun] = field(default_factory=list)
+    mp3_encoding: list[OutputEncodingRun] = field(default_factory=list)
+    audio_decoding: list[AudioDecodingRun] = field(default_factory=list)
+    backend_pool: list[PoolThroughputRun] = field(default_factory=list)
+    telemetry: list[TelemetryRun] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)

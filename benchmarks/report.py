@@ -22,6 +22,10 @@ def write(results: records.Results, output: Path) -> str:
     path.write_text(markdown.splice(path.read_text() if path.exists() else "", generated))
     plots.plot_latency(results.concurrency, output / plots.LATENCY_PLOT)
     plots.plot_memory(results.memory, output / plots.MEMORY_PLOT)
+    if results.first_audio:
+        plots.plot_first_audio(results.first_audio, output / plots.FIRST_AUDIO_PLOT)
+    if results.stream_memory:
+        plots.plot_stalled(results.stream_memory, output / plots.STALLED_PLOT)
     return generated
 
 

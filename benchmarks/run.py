@@ -13,9 +13,11 @@ sizes, few repetitions): a check that everything still runs, not numbers to keep
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -25,17 +27,34 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar, cast
 
+from devtools.process import ServiceProcess
 from devtools.stack import REPO_ROOT, Stack, start_stack
 
 from . import environment, records, report
-from .records import MIB, ConcurrencyRun, Plan, Process, Results, Runs
-from .registry import COLD_START, CONCURRENCY, LATENCY, MEMORY, STORAGE_BURST, Benchmark
+from .records import MIB, ConcurrencyRun, Plan, PoolThroughputRun, Process, Results, Runs, TelemetryRun
+from .registry import (
+    AUDIO_DECODING,
+    BACKEND_POOL,
+    COLD_START,
+    CONCURRENCY,
+    FIRST_AUDIO,
+    LATENCY,
+    MEMORY,
+    MP3_ENCODING,
+    STORAGE_BURST,
+    STREAM_MEMORY,
+    TELEMETRY,
+    Benchmark,
+)
 
 WORKER_TIMEOUT_SECONDS = 900
 SETTLE_SECONDS = 2.0
 """Pause before a CPU-accounted run, so deferred work of the stand-ins (Azurite persisting its
 metadata) from the previous step is not counted."""
 APP_PATHS = ("function_app.py", "realtime_speech")
+HOSTED_APP = "benchmarks.hosted_app"
+APP_ROOT_SETTING = "BENCH_APP_ROOT"
+"""Where `benchmarks.hosted_app` imports the app from (a module the runner must not import itself)."""
 
 QUICK = Plan(
     latency_pairs=4,
@@ -45,6 +64,23 @@ QUICK = Plan(
     block_sizes=(None, 1 * MIB),
     sessions=(5, 10),
     cold_starts=1,
+    first_audio_sessions=(1, 4),
+    first_audio_seconds=3.0,
+    first_audio_rounds=(2, 1),
+    stream_sessions=4,
+    stream_seconds=10.0,
+    stalled_seconds=60.0,
+    stall_seconds=2.0,
+    encoded_seconds=10.0,
+    format_rounds=2,
+    decoded_seconds=5.0,
+    question_rounds=2,
+    pool_max_sessions=2,
+    pool_clients=6,
+    pool_answer_seconds=2.0,
+    pool_window_seconds=5.0,
+    telemetry_pairs=4,
+    telemetry_rounds=1,
 )
 
 R = TypeVar("R", bound=Process)
@@ -102,6 +138,10 @@ class Workers:
         measured = json.loads(out.read_text())
         return benchmark.parse({"settings": dict(settings), "spawned_epoch": spawned, **measured, **grown})
 
+    def start_host(self) -> ServiceProcess:
+        """A dev host (over a socket) of the app in the app root, with the stack's settings."""
+        return self._stack.start_host({APP_ROOT_SETTING: str(self._app_root)}, app=HOSTED_APP)
+
     def import_profile(self) -> str:
         """`python -X importtime -c 'import function_app'` (its stderr) in a fresh process."""
         completed = subprocess.run(
@@ -144,7 +184,111 @@ def measure_all(workers: Workers, stack: Stack, plan: Plan) -> Runs:
         memory=memory,
         storage_burst=storage_burst,
         concurrency=concurrency,
+        first_audio=[
+            _hosted_step(
+                workers,
+                FIRST_AUDIO,
+                sessions=n,
+                seconds=plan.first_audio_seconds,
+                pace=plan.pace,
+                rounds=rounds,
+            )
+            for n, rounds in zip(plan.first_audio_sessions, plan.first_audio_rounds, strict=True)
+        ],
+        stream_memory=[
+            _hosted_step(
+                workers,
+                STREAM_MEMORY,
+                with_pid=True,
+                sessions=plan.stream_sessions,
+                seconds=plan.stream_seconds,
+                stalled_seconds=plan.stalled_seconds,
+                stall_seconds=plan.stall_seconds,
+            )
+        ],
+        mp3_encoding=[
+            _step(
+                workers,
+                MP3_ENCODING,
+                seconds=plan.encoded_seconds,
+                request_seconds=plan.latency_seconds,
+                rounds=plan.format_rounds,
+            )
+        ],
+        audio_decoding=[
+            _step(
+                workers,
+                AUDIO_DECODING,
+                seconds=plan.decoded_seconds,
+                question_seconds=plan.first_audio_seconds,
+                rounds=plan.question_rounds,
+            )
+        ],
+        backend_pool=pool_runs(workers, stack, plan),
+        telemetry=telemetry_runs(workers, stack, plan),
     )
+
+
+def _hosted_step(workers: Workers, benchmark: Benchmark[R], *, with_pid: bool = False, **params: object) -> R:
+    """A run whose worker calls a dev host of its own (started with the same settings, stopped after);
+    the worker gets its URL, and with `with_pid` its process id."""
+    host = workers.start_host()
+    hosted = {"host_url": host.url, **({"host_pid": host.pid} if with_pid else {})}
+    try:
+        return _step(workers, benchmark, **hosted, **params)
+    finally:
+        host.stop()
+
+
+def pool_runs(workers: Workers, stack: Stack, plan: Plan) -> list[PoolThroughputRun]:
+    """Closed-loop throughput against one, then two backends that each admit
+    `plan.pool_max_sessions` sessions at once (emulators of their own), `plan.pool_rounds` times."""
+    quota = ["--max-sessions", str(plan.pool_max_sessions)]
+    emulators = [stack.start_emulator(f"pool-{index}", quota) for index in (1, 2)]
+    runs = []
+    for _ in range(plan.pool_rounds):
+        for count in (1, 2):
+            chosen = emulators[:count]
+            backends = [{"name": emulator.name, "endpoint": emulator.url} for emulator in chosen]
+            time.sleep(SETTLE_SECONDS)
+            run = _step(
+                workers,
+                BACKEND_POOL,
+                {"AZURE_OPENAI_BACKENDS": json.dumps(backends)},
+                backends=count,
+                max_sessions=plan.pool_max_sessions,
+                clients=plan.pool_clients,
+                seconds=plan.pool_answer_seconds,
+                pace=plan.pace,
+                window_seconds=plan.pool_window_seconds,
+                pids={emulator.name: emulator.pid for emulator in chosen},
+            )
+            runs.append(run)
+    return runs
+
+
+def telemetry_runs(workers: Workers, stack: Stack, plan: Plan) -> list[TelemetryRun]:
+    """Latency without and with telemetry (to the ingestion stand-in), alternating, with the number of
+    items the stand-in accepted meanwhile."""
+    counters = {"ingested_items": lambda: _ingested_items(stack)}
+    return [
+        _step(
+            workers, TELEMETRY, settings, counters, seconds=plan.latency_seconds, pairs=plan.telemetry_pairs
+        )
+        for _ in range(plan.telemetry_rounds)
+        for settings in ({}, stack.telemetry_settings())
+    ]
+
+
+def _ingested_items(stack: Stack) -> int:
+    context = ssl.create_default_context(cafile=stack.ca_file)
+    ingest = stack.ingest
+    connection = http.client.HTTPSConnection(ingest.host, ingest.port, context=context, timeout=5)
+    try:
+        connection.request("GET", "/_ingest/health")
+        return cast(int, json.loads(connection.getresponse().read())["items"])
+    finally:
+        connection.close()
 
 
 def concurrency_run(
@@ -173,7 +317,7 @@ def _step(
     """One worker run, and a line saying how long it took."""
     started = time.perf_counter()
     record = workers.run(benchmark, settings, counters, **params)
-    shown = {**settings, **{k: v for k, v in params.items() if k != "pids"}}
+    shown = {**settings, **{k: v for k, v in params.items() if k not in ("pids", "host_url", "host_pid")}}
     print(f"  {benchmark.name} {shown}: {time.perf_counter() - started:.1f} s", flush=True)
     return record
 

@@ -3,11 +3,28 @@ show, and the targets they are held against. Pure functions of `benchmarks.recor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
-from .records import MIB, ColdStartRun, ConcurrencyRun, LatencyRun, MemoryRun, StorageBurstRun, Timings
+from .records import (
+    MIB,
+    ClientKind,
+    ColdStartRun,
+    ConcurrencyRun,
+    FirstAudioRun,
+    FirstAudioSample,
+    FormatSample,
+    Latency,
+    MemoryRun,
+    PoolThroughputRun,
+    QuestionSample,
+    StorageBurstRun,
+    StreamMemoryRun,
+    TelemetryRun,
+    Timings,
+)
 from .stats import Spread, median, spread
+from .units import audio
 
 P99_TARGET_MS = 250.0
 """Added latency p99 allowed at the largest number of real-time sessions."""
@@ -39,7 +56,7 @@ class LatencySummary:
     bare_lag: float
 
 
-def latency_summary(run: LatencyRun) -> LatencySummary:
+def latency_summary(run: Latency) -> LatencySummary:
     samples = run.samples
     function = [s.function_ms for s in samples]
     bare = [s.bare_ms for s in samples]
@@ -183,3 +200,234 @@ def _median_marks(timings: Sequence[Timings]) -> Timings:
 def _tail_ms(timings: Timings, mark: str) -> float:
     """Milliseconds from `response_done` to `mark`."""
     return timings[mark] - timings["response_done"]
+
+
+# --- time to first audio ----------------------------------------------------------------------------
+
+FIRST_AUDIO_SLACK_MS = 5.0
+"""How much later than the bare loop's first delta the first SSE audio may reach the caller, and how
+far the SSE request's total may be from the JSON one's (medians, one session)."""
+FIRST_AUDIO_SOONER = 20.0
+"""How many times sooner than the JSON answer the first SSE audio must come."""
+
+
+@dataclass(frozen=True)
+class FirstAudioSummary:
+    """One first-audio run (ms): first audio at the caller per kind, and the totals."""
+
+    sessions: int
+    rounds: int
+    failures: int
+    bare_first: Spread
+    sse_first: Spread
+    json_total: Spread
+    sse_total: Spread
+
+    @property
+    def sse_minus_bare(self) -> float:
+        return self.sse_first.median - self.bare_first.median
+
+    @property
+    def json_over_sse(self) -> float:
+        """How many times sooner the first SSE audio comes than the JSON answer (medians)."""
+        return self.json_total.median / self.sse_first.median
+
+    @property
+    def sse_minus_json_total(self) -> float:
+        return self.sse_total.median - self.json_total.median
+
+
+def first_audio_summary(run: FirstAudioRun) -> FirstAudioSummary:
+    ok = [sample for sample in run.samples if sample.ok]
+
+    def of(kind: ClientKind, read: Callable[[FirstAudioSample], float | None]) -> Spread:
+        return spread([value for s in ok if s.kind == kind and (value := read(s)) is not None])
+
+    return FirstAudioSummary(
+        sessions=run.sessions,
+        rounds=len({sample.round for sample in run.samples}),
+        failures=len(run.samples) - len(ok),
+        bare_first=of("bare", lambda s: s.first_audio_ms),
+        sse_first=of("sse", lambda s: s.first_audio_ms),
+        json_total=of("function", lambda s: s.total_ms),
+        sse_total=of("sse", lambda s: s.total_ms),
+    )
+
+
+def fewest_sessions(runs: Sequence[FirstAudioRun]) -> FirstAudioRun:
+    return min(runs, key=lambda run: run.sessions)
+
+
+# --- memory of streams ------------------------------------------------------------------------------
+
+STALLED_READER_SLACK = 8 * MIB
+"""How much the host's RSS may grow while one caller stops reading."""
+
+
+@dataclass(frozen=True)
+class RssCase:
+    """The host's RSS before one case and its peak during it (bytes), and how many answers succeeded
+    of how many."""
+
+    name: str
+    before: int
+    peak: int
+    ok: int
+    calls: int
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.before
+
+
+def stream_memory_cases(run: StreamMemoryRun) -> list[RssCase]:
+    return [
+        RssCase(
+            f"1 caller stops reading a {audio(run.stalled_seconds)} answer (full speed) for "
+            f"{run.stall_seconds:g} s after its first audio",
+            run.baseline_rss,
+            run.stalled_peak_rss,
+            1,
+            1,
+        ),
+        RssCase(
+            f"{run.sessions} simultaneous SSE streams of {audio(run.seconds)} (full speed)",
+            run.streams_before_rss,
+            run.streams_peak_rss,
+            run.streams_ok,
+            run.sessions,
+        ),
+        RssCase(
+            f"{run.sessions} simultaneous JSON answers of {audio(run.seconds)} (full speed)",
+            run.json_before_rss,
+            run.json_peak_rss,
+            run.json_ok,
+            run.sessions,
+        ),
+    ]
+
+
+# --- output encoding and input decoding -------------------------------------------------------------
+
+CPU_SHARE_TARGET = 0.02
+"""CPU seconds allowed per second of audio, for encoding an answer or decoding a question."""
+
+
+def cpu_share(cpu_seconds: Sequence[float], audio_seconds: float) -> float:
+    """CPU seconds per audio second (the median repetition): the share of real time it costs."""
+    return median(cpu_seconds) / audio_seconds
+
+
+@dataclass(frozen=True)
+class FormatLatency:
+    """Requests in one format (ms), the median against wav's (same rounds), and the file's size."""
+
+    format: str
+    function: Spread
+    added: float
+    file_bytes: int
+
+
+def format_latencies(samples: Sequence[FormatSample]) -> list[FormatLatency]:
+    by_format: dict[str, list[FormatSample]] = {}
+    for sample in samples:
+        by_format.setdefault(sample.format, []).append(sample)
+    wav = median([sample.function_ms for sample in by_format["wav"]])
+    return [
+        FormatLatency(
+            format=name,
+            function=spread([s.function_ms for s in chosen]),
+            added=median([s.function_ms for s in chosen]) - wav,
+            file_bytes=chosen[0].file_bytes,
+        )
+        for name, chosen in by_format.items()
+    ]
+
+
+@dataclass(frozen=True)
+class QuestionLatency:
+    """Spoken or written questions: the function's first audio and end (ms since the request began)."""
+
+    kind: str
+    first_audio: Spread
+    function: Spread
+
+
+def question_latencies(samples: Sequence[QuestionSample]) -> dict[str, QuestionLatency]:
+    kinds = dict.fromkeys(sample.kind for sample in samples)
+    return {
+        kind: QuestionLatency(
+            kind=kind,
+            first_audio=spread([s.timings_ms["first_audio"] for s in samples if s.kind == kind]),
+            function=spread([s.function_ms for s in samples if s.kind == kind]),
+        )
+        for kind in kinds
+    }
+
+
+# --- backend pool -----------------------------------------------------------------------------------
+
+POOL_SCALING_TARGET = 1.9
+"""Throughput with two backends over one, each admitting the same number of sessions."""
+
+
+@dataclass(frozen=True)
+class PoolSummary:
+    """One closed-loop run: answers per second, end-to-end (ms), and the CPU share of the machine."""
+
+    backends: int
+    answers: int
+    throughput: float
+    e2e: Spread
+    refusals: int
+    cpu_share: float
+    """Worker and emulators' CPU seconds over the wall time and every CPU."""
+
+
+def pool_summary(run: PoolThroughputRun, cpus: int) -> PoolSummary:
+    cpu = run.cpu_seconds + sum(run.stand_in_cpu_seconds.values())
+    return PoolSummary(
+        backends=run.backends,
+        answers=len(run.e2e_ms),
+        throughput=len(run.e2e_ms) / run.wall_seconds,
+        e2e=spread(run.e2e_ms),
+        refusals=sum(run.refusals.values()),
+        cpu_share=cpu / (run.wall_seconds * cpus),
+    )
+
+
+def pool_scaling(runs: Sequence[PoolThroughputRun]) -> float:
+    """Total throughput of the runs with the most backends over that of the runs with one."""
+    most = max(run.backends for run in runs)
+
+    def throughput(backends: int) -> float:
+        chosen = [run for run in runs if run.backends == backends]
+        return sum(len(run.e2e_ms) for run in chosen) / sum(run.wall_seconds for run in chosen)
+
+    return throughput(most) / throughput(1)
+
+
+# --- telemetry --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TelemetryEffect:
+    """Medians over every pair of the runs without and with telemetry (ms), and the items exported."""
+
+    off: LatencySummary
+    on: LatencySummary
+    items: int
+
+    @property
+    def added(self) -> float:
+        """What telemetry adds to the function's added latency (medians)."""
+        return self.on.added.median - self.off.added.median
+
+
+def telemetry_effect(runs: Sequence[TelemetryRun]) -> TelemetryEffect:
+    def pooled(chosen: list[TelemetryRun]) -> LatencySummary:
+        return latency_summary(replace(chosen[0], samples=[s for run in chosen for s in run.samples]))
+
+    on = [run for run in runs if run.settings]
+    off = [run for run in runs if not run.settings]
+    return TelemetryEffect(off=pooled(off), on=pooled(on), items=sum(run.ingested_items for run in on))

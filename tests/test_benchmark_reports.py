@@ -1,5 +1,5 @@
 """Checks of the benchmarks' pure parts against the committed results.json: its typed form, the
-registry, the summaries and the generated part of RESULTS.md (`pytest benchmarks/test_reports.py`)."""
+registry, the summaries and the generated part of RESULTS.md."""
 
 from __future__ import annotations
 
@@ -89,3 +89,100 @@ def test_memory_growth_is_from_the_shortest_to_the_longest_audio(results: record
     by_seconds = {run.seconds: run.peak_rss for run in runs}
     assert growth.growth == by_seconds[max(by_seconds)] - by_seconds[min(by_seconds)]
     assert growth.allowed == runs[0].block_size + summaries.MEMORY_SLACK
+
+
+def _first_audio_run(samples: list[records.FirstAudioSample]) -> records.FirstAudioRun:
+    return records.FirstAudioRun(
+        settings={},
+        spawned_epoch=0.0,
+        import_ms=0.0,
+        import_peak_rss=0,
+        sessions=1,
+        seconds=10.0,
+        pace=1.0,
+        samples=samples,
+    )
+
+
+def _sample(
+    kind: records.ClientKind, first: float | None, total: float, ok: bool = True
+) -> records.FirstAudioSample:
+    return records.FirstAudioSample(kind=kind, round=0, first_audio_ms=first, total_ms=total, ok=ok)
+
+
+def test_first_audio_compares_medians_and_leaves_failures_out() -> None:
+    run = _first_audio_run(
+        [
+            _sample("sse", 30.0, 10_010.0),
+            _sample("sse", 50.0, 10_030.0),
+            _sample("sse", None, 200.0, ok=False),
+            _sample("bare", 38.0, 10_000.0),
+            _sample("function", 10_000.0, 10_000.0),
+            _sample("function", 10_040.0, 10_040.0),
+        ]
+    )
+    summary = summaries.first_audio_summary(run)
+    assert summary.failures == 1
+    assert summary.sse_minus_bare == 2.0
+    assert summary.json_over_sse == 10_020.0 / 40.0
+    assert summary.sse_minus_json_total == 0.0
+
+
+def test_pool_scaling_is_the_throughput_ratio_over_all_rounds(results: records.Results) -> None:
+    runs = results.backend_pool
+    one = [run for run in runs if run.backends == 1]
+    two = [run for run in runs if run.backends == 2]
+    expected = (sum(len(r.e2e_ms) for r in two) / sum(r.wall_seconds for r in two)) / (
+        sum(len(r.e2e_ms) for r in one) / sum(r.wall_seconds for r in one)
+    )
+    assert summaries.pool_scaling(runs) == pytest.approx(expected)
+    doubled = [replace(run, e2e_ms=run.e2e_ms * 2) if run.backends == 2 else run for run in runs]
+    assert summaries.pool_scaling(doubled) == pytest.approx(2 * expected)
+
+
+def test_format_latency_is_against_wav_in_the_same_run() -> None:
+    samples = [
+        records.FormatSample(format=name, round=number, function_ms=ms, file_bytes=size)
+        for number, (name, ms, size) in enumerate(
+            [("wav", 50.0, 480_044), ("mp3", 80.0, 60_336), ("wav", 60.0, 480_044), ("mp3", 70.0, 60_336)]
+        )
+    ]
+    latencies = {latency.format: latency for latency in summaries.format_latencies(samples)}
+    assert latencies["wav"].added == 0.0
+    assert latencies["mp3"].added == 20.0
+    assert latencies["mp3"].file_bytes == 60_336
+
+
+def test_telemetry_effect_pools_the_runs_of_each_setting(results: records.Results) -> None:
+    effect = summaries.telemetry_effect(results.telemetry)
+    with_telemetry = [run for run in results.telemetry if run.settings]
+    assert effect.on.pairs == sum(len(run.samples) for run in with_telemetry)
+    assert effect.items == sum(run.ingested_items for run in with_telemetry)
+    assert effect.added == effect.on.added.median - effect.off.added.median
+
+
+def test_the_stalled_reader_grows_from_the_baseline(results: records.Results) -> None:
+    run = results.stream_memory[-1]
+    stalled, streams, answers = summaries.stream_memory_cases(run)
+    assert stalled.growth == run.stalled_peak_rss - run.baseline_rss
+    assert max(rss for _, rss in run.stalled_rss) <= run.stalled_peak_rss
+    assert (streams.calls, answers.calls) == (run.sessions, run.sessions)
+
+
+def test_an_older_results_json_without_the_new_benchmarks_still_loads_and_renders(
+    results: records.Results,
+) -> None:
+    data = json.loads(RESULTS_TEXT)
+    for name in (
+        "first_audio",
+        "stream_memory",
+        "mp3_encoding",
+        "audio_decoding",
+        "backend_pool",
+        "telemetry",
+    ):
+        del data[name]
+    older = records.parse(records.Results, data)
+    assert older.first_audio == [] and older.telemetry == []
+    rendered = markdown.render(older)
+    assert "Time to first audio" not in rendered and "## Targets" in rendered
