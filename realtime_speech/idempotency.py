@@ -54,11 +54,15 @@ class IdempotencyKeys:
         """Claim `key` for a request whose body has `fingerprint`. Synchronous, so that of two requests
         arriving together exactly one owns the key; the other waits for the owner's answer."""
         first = self._in_flight.get(key)
-        if first is not None:
+        if first is not None and not first.done():  # a settled one is on its way out of the map
             return Claim(self._store, key, fingerprint, first, owner=False)
         first = self._in_flight[key] = asyncio.get_running_loop().create_future()
-        first.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        first.add_done_callback(lambda done: self._forget(key, done))
         return Claim(self._store, key, fingerprint, first, owner=True)
+
+    def _forget(self, key: str, settled: asyncio.Future[tuple[str, SpeechRecord]]) -> None:
+        if self._in_flight.get(key) is settled:  # not a newer claim's
+            del self._in_flight[key]
 
 
 class Claim:
