@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     AzureError,
@@ -25,6 +26,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob import BlobSasPermissions, ContentSettings, UserDelegationKey, generate_blob_sas
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, LinearRetry
 
@@ -37,6 +39,10 @@ MIN_BLOCK_BYTES = 64 * 1024
 CLOCK_SKEW = timedelta(minutes=5)
 KEY_RENEWAL_MARGIN = timedelta(hours=1)
 MAX_KEY_LIFETIME = timedelta(days=7)
+# Connections to Blob Storage kept open at once. Each TLS connection holds about 300 KiB (asyncio's
+# 256 KiB read buffer and the TLS state); aiohttp's default of 100 let bursts keep 60 or more alive.
+# A request holds a connection only while one storage call is under way, two at most at a time.
+MAX_STORAGE_CONNECTIONS = 32
 
 
 def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> BlobServiceClient:
@@ -44,11 +50,20 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
 
     The SDK's default retry waits about 15, 18 and 24 s between attempts, so an outage would use up
     the request's deadline (a 504) instead of answering 503 in a few seconds. Here: two retries about
-    a second apart (full jitter), 5 s to connect, 30 s for a response (a whole block included).
+    a second apart (full jitter), 5 s to connect, 30 s for a response (a whole block included), and
+    at most `MAX_STORAGE_CONNECTIONS` connections. Call it from the event loop that will use it.
     """
+    # The session the SDK would make, with a bounded connection pool.
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=MAX_STORAGE_CONNECTIONS),
+        trust_env=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+    )
     return BlobServiceClient(
         account_url,
         credential=credential,
+        transport=AioHttpTransport(session=session, session_owner=True),
         retry_policy=NotedRetry(backoff=1, random_jitter_range=1, retry_total=2),
         connection_timeout=5,
         read_timeout=30,
