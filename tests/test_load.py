@@ -1,6 +1,11 @@
-"""Load: 500 requests at concurrency 50 through the function in one process (`tests/load_worker.py`),
-good and faulty mixed. Good answers are byte-exact, faults get their documented status, and nothing
-is left behind: no realtime connection, no asyncio task, memory flat once warm."""
+"""Load through the function in one process (`tests/load_worker.py`), good and faulty requests mixed.
+
+500 requests at concurrency 50 against one endpoint: good answers are byte-exact, faults get their
+documented status, and nothing is left behind (no realtime connection, no asyncio task, memory flat
+once warm). Then 300 at concurrency 50 over a pool of two backends (priority 1 and 2) whose quotas
+each admit about half of them at once: none lost, each backend used, no 429 while a backend had room,
+and the worker's RSS, measured from outside, grows by at most 25 MiB after a warm-up burst.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,21 @@ import asyncio
 import json
 import re
 import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import aiohttp
+import psutil
 import pytest
 
+from devtools.process import ServiceProcess
 from devtools.stack import REPO_ROOT, Stack
-
-from .speech_client import SpeechClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 REQUESTS, CONCURRENCY = 500, 50
+POOL_REQUESTS, POOL_SESSIONS = 300, 25
+MAX_RSS_GROWTH_MIB = 25
 SETTINGS = {
     "REALTIME_TIMEOUT_SECONDS": "15",  # the worker's few stalls end as 504s after this
     "AUDIO_CONTAINER": "load",  # its thousand blobs would slow down the other tests' listings
@@ -25,24 +35,76 @@ SETTINGS = {
 SUMMARY = re.compile(r"^INFO realtime_speech: speech \{", re.MULTILINE)
 
 
-async def run_worker(stack: Stack) -> tuple[dict, str]:
-    """The worker's report and its stderr (the app's log)."""
+async def run_worker(stack: Stack, args: Sequence[str], settings: dict[str, str]) -> tuple[dict, str, dict]:
+    """The worker's report, its stderr (the app's log) and its RSS in MiB as sampled from here at
+    each of its phase marks (it waits meanwhile), with the peak seen while it ran."""
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "tests.load_worker"),
-        *("--requests", str(REQUESTS), "--concurrency", str(CONCURRENCY)),
+        *(sys.executable, "-m", "tests.load_worker", "--pause-at-phases", *args),
         cwd=REPO_ROOT,
-        env=stack.host_env(SETTINGS),
+        env=stack.host_env(settings),
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=180)
+    assert process.stdin and process.stdout and process.stderr
+    worker = psutil.Process(process.pid)
+    rss: dict[str, float] = {"peak": 0.0}
+
+    async def sample_peak() -> None:
+        while True:
+            rss["peak"] = max(rss["peak"], _mib(worker.memory_info().rss))
+            await asyncio.sleep(0.1)
+
+    async def follow_phases() -> bytes:
+        while (line := await process.stdout.readline()).startswith(b"phase "):
+            rss[line.split()[1].decode()] = _mib(worker.memory_info().rss)
+            process.stdin.write(b"go\n")
+            await process.stdin.drain()
+        return line
+
+    sampler = asyncio.ensure_future(sample_peak())
+    try:
+        report_line, stderr = await asyncio.wait_for(
+            asyncio.gather(follow_phases(), process.stderr.read()), timeout=180
+        )
+    finally:
+        sampler.cancel()
+    await process.wait()
     log = stderr.decode(errors="replace")
     assert process.returncode == 0, log[-5000:]
-    return json.loads(stdout), log
+    return json.loads(report_line), log, rss
 
 
-async def test_load_mixed_with_faults_in_one_process(stack: Stack, speech: SpeechClient) -> None:
-    report, log = await run_worker(stack)
+def _mib(size: int) -> float:
+    return round(size / 2**20, 1)
+
+
+def assert_log_is_clean(stack: Stack, log: str, requests_sent: int) -> None:
+    assert len(SUMMARY.findall(log)) == requests_sent  # one summary line per request
+    assert stack.identity_header not in log
+    assert not re.search(r"eyJ[\w-]{6,}\.[\w-]{6,}\.", log)
+    assert not re.search(r"\bsig=(?!REDACTED)", log)
+
+
+def assert_nothing_left_behind(report: dict[str, Any]) -> None:
+    assert report["tasks_after"] == report["tasks_before"] == 1
+    assert report["sessions_open_after"] == 0
+    sockets = report["sockets_after"]
+    assert sockets["other"] == 0 and all(
+        count == 0 for peer, count in sockets.items() if peer.startswith("emulator")
+    )
+    assert sockets["storage"] <= 100 and sockets["identity"] <= 2  # kept-alive pools, bounded
+
+
+async def emulator_stats(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/_emulator/stats") as response:
+        assert response.status == 200
+        return await response.json()
+
+
+async def test_load_mixed_with_faults_in_one_process(stack: Stack) -> None:
+    args = ("--requests", str(REQUESTS), "--concurrency", str(CONCURRENCY))
+    report, log, _ = await run_worker(stack, args, SETTINGS)
     print(json.dumps(report, indent=2))  # the numbers, with `pytest -s` or on failure
     assert (report["requests"], report["concurrency"]) == (REQUESTS, CONCURRENCY)
     assert report["mismatches"] == []
@@ -51,17 +113,53 @@ async def test_load_mixed_with_faults_in_one_process(stack: Stack, speech: Speec
     assert report["sessions_opened"] == report["sessions_expected"]  # one per key pair, none for bad input
     assert report["handshake_refusals"] == 3  # absorbed by retries: every good request got a 200
 
-    assert report["tasks_after"] == report["tasks_before"] == 1
-    assert report["sessions_open_after"] == 0 == (await speech.emulator_stats())["connections_open"]
-    sockets = report["sockets_after"]
-    assert sockets["emulator"] == sockets["other"] == 0
-    assert sockets["storage"] <= 100 and sockets["identity"] <= 2  # kept-alive pools, bounded
+    assert_nothing_left_behind(report)
+    assert (await emulator_stats(stack.openai_endpoint))["connections_open"] == 0
 
     memory = report["memory"]
-    assert memory["end"]["rss_mib"] - memory["middle"]["rss_mib"] < 10
+    assert memory["end"]["rss_trimmed_mib"] - memory["middle"]["rss_trimmed_mib"] < 10
     assert memory["end"]["python_blocks"] - memory["middle"]["python_blocks"] < 5_000
+    assert report["requests_sent"] == REQUESTS
+    assert_log_is_clean(stack, log, REQUESTS)
 
-    assert len(SUMMARY.findall(log)) == REQUESTS  # one summary line per request
-    assert stack.identity_header not in log
-    assert not re.search(r"eyJ[\w-]{6,}\.[\w-]{6,}\.", log)
-    assert not re.search(r"\bsig=(?!REDACTED)", log)
+
+@pytest.fixture(scope="module")
+def pool_emulators(stack: Stack) -> Iterator[list[ServiceProcess]]:
+    """Two emulators, each admitting `POOL_SESSIONS` sessions at once."""
+    emulators = [
+        stack.start_emulator(f"load-{name}", ["--max-sessions", str(POOL_SESSIONS)]) for name in "ab"
+    ]
+    yield emulators
+    for emulator in emulators:
+        emulator.stop()
+
+
+async def test_load_over_a_pool_of_two_backends_with_quotas(
+    stack: Stack, pool_emulators: list[ServiceProcess]
+) -> None:
+    backends = [
+        {"name": f"backend-{name}", "endpoint": emulator.url, "priority": priority}
+        for name, priority, emulator in zip("ab", (1, 2), pool_emulators, strict=True)
+    ]
+    settings = {**SETTINGS, "AZURE_OPENAI_BACKENDS": json.dumps(backends)}
+    args = ("--pool", "--requests", str(POOL_REQUESTS), "--concurrency", str(CONCURRENCY))
+    report, log, rss = await run_worker(stack, args, settings)
+    print(json.dumps({"rss_mib": rss, **report}, indent=2))
+    total = CONCURRENCY + POOL_REQUESTS  # the warm-up burst, then the measured round
+    # Every request got its documented answer (one turned away is sent again after its Retry-After),
+    # byte-exact; no 429 while a backend had room; backend-b answered only while backend-a refused.
+    assert report["mismatches"] == []
+    assert sum(report["statuses"].values()) == report["requests"] == total  # none lost
+    assert set(report["statuses"]) == {"200", "400", "413", "415", "429", "502"}
+    assert report["sessions_opened"] == report["sessions_expected"]
+    assert set(report["answers_by_backend"]) == {"backend-a", "backend-b"}
+    assert all(count > 0 for count in report["answers_by_backend"].values())
+    refused = sum(counts.get("max_sessions", 0) for counts in report["admissions"].values())
+    assert refused > 0, report["admissions"]  # the quotas were reached: the spill-over was exercised
+
+    assert_nothing_left_behind(report)
+    for emulator in pool_emulators:
+        assert (await emulator_stats(emulator.url))["connections_open"] == 0
+
+    assert rss["round-1"] - rss["warm"] <= MAX_RSS_GROWTH_MIB, rss
+    assert_log_is_clean(stack, log, report["requests_sent"])  # with the ones sent again after a 429
