@@ -12,7 +12,7 @@ import json
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from uuid import uuid4
 
 import aiohttp
@@ -271,7 +271,25 @@ class HostedFunction:
         await self._http.close()
 
 
-class RssWatch:
+class Sampler:
+    """Runs `_watch()` in the background for the duration of an `async with` block."""
+
+    _task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+class RssWatch(Sampler):
     """Samples another process's RSS every `INTERVAL` seconds: `async with RssWatch(pid) as watch:`,
     then `watch.peak` and `watch.samples` ((seconds since entering, bytes))."""
 
@@ -280,7 +298,6 @@ class RssWatch:
     def __init__(self, pid: int) -> None:
         self._process = psutil.Process(pid)
         self.samples: list[tuple[float, int]] = []
-        self._task: asyncio.Task[None] | None = None
 
     def rss(self) -> int:
         return int(self._process.memory_info().rss)
@@ -288,15 +305,6 @@ class RssWatch:
     @property
     def peak(self) -> int:
         return max(rss for _, rss in self.samples)
-
-    async def __aenter__(self) -> RssWatch:
-        self._task = asyncio.create_task(self._watch())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
     async def _watch(self) -> None:
         entered = time.perf_counter()
@@ -359,7 +367,7 @@ class BlobProbe:
         await self._credential.close()
 
 
-class LoopLag:
+class LoopLag(Sampler):
     """How late the event loop wakes a 5 ms sleeper: time spent on work that blocks every other task,
     the WebSocket readers included. Use as `async with LoopLag() as lag:`; `samples` holds (when the
     sleeper was due, in seconds since entering; how late it woke, in ms), so a stall counts for the
@@ -369,16 +377,6 @@ class LoopLag:
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, float]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> LoopLag:
-        self._task = asyncio.create_task(self._watch())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
     def max_ms(self, start: float = 0.0, end: float = float("inf")) -> float:
         """The longest lag seen between `start` and `end` seconds after entering."""
