@@ -247,7 +247,9 @@ async def test_the_circuit_opens_after_the_threshold_then_admits_one_probe() -> 
     assert await session(pool, opener) == "a"
 
 
-async def test_while_the_probe_is_in_flight_other_requests_skip_the_backend() -> None:
+async def probe_held_at_the_gate() -> tuple[BackendPool, FakeOpen, asyncio.Task[Lease[str]]]:
+    """Backend "a" (priority 1) opened its circuit and cooled down; its half-open probe is under way,
+    held at the fake backend's gate. "b" (priority 2) is healthy."""
     clock = FakeClock()
     pool, opener = make_pool(backend("a"), backend("b", priority=2), clock=clock), FakeOpen()
     opener.fail_next("a", down, times=THRESHOLD)
@@ -257,6 +259,11 @@ async def test_while_the_probe_is_in_flight_other_requests_skip_the_backend() ->
     opener.gate["a"] = asyncio.Event()
     probe = asyncio.create_task(connect(pool, opener, far()))
     await opener.at_gate.wait()
+    return pool, opener, probe
+
+
+async def test_while_the_probe_is_in_flight_other_requests_skip_the_backend() -> None:
+    pool, opener, probe = await probe_held_at_the_gate()
     opener.attempts.clear()
     async with asyncio.timeout(1):  # a request sent to the probed backend would wait at its gate
         assert [await session(pool, opener) for _ in range(4)] == ["b"] * 4
@@ -372,15 +379,7 @@ async def test_errors_a_retry_cannot_fix_propagate_without_spill_over(failure: F
 
 
 async def test_a_cancelled_probe_frees_its_slot_and_counts() -> None:
-    clock = FakeClock()
-    pool, opener = make_pool(backend("a"), backend("b", priority=2), clock=clock), FakeOpen()
-    opener.fail_next("a", down, times=THRESHOLD)
-    for _ in range(THRESHOLD):
-        await session(pool, opener)
-    clock.advance(COOLDOWN)
-    opener.gate["a"] = asyncio.Event()
-    probe = asyncio.create_task(connect(pool, opener, far()))
-    await opener.at_gate.wait()
+    pool, opener, probe = await probe_held_at_the_gate()
     assert state(pool, "a")["in_flight"] == 1
     probe.cancel()
     with pytest.raises(asyncio.CancelledError):
