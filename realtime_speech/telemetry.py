@@ -239,9 +239,14 @@ def _silence_fastapi() -> None:
     parent's context, so traces stay whole."""
     from opentelemetry import metrics, trace
     from opentelemetry._logs import get_logger_provider
-    from opentelemetry.sdk._logs._internal import _LoggerConfig
-    from opentelemetry.sdk.metrics._internal import _MeterConfig
-    from opentelemetry.sdk.trace import _TracerConfig
+
+    try:
+        from opentelemetry.sdk._logs._internal import _LoggerConfig
+        from opentelemetry.sdk.metrics._internal import _MeterConfig
+        from opentelemetry.sdk.trace import _TracerConfig
+    except ImportError:  # an SDK without scope configurators: FastAPI's spans stay
+        log.info("telemetry: this OpenTelemetry SDK cannot turn FastAPI's own telemetry off")
+        return
 
     def without_fastapi(config: Any) -> Any:
         return lambda scope: config(is_enabled=scope.name != "fastapi")
