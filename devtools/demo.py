@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from devtools.stack import start_stack
+from realtime_speech.logs import redact
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART_TEXT = "Please assist the user."
@@ -92,7 +93,7 @@ def main() -> None:
     print(f"\nText question:   {args.text}")
     print(f"  Answer:        {first.result['transcript']}")
     print(f"  Saved:         {save(first, args.out)}")
-    print(f"  Audio URL:     {first.result['audio_url']}")
+    print(f"  Audio URL:     {redact(first.result['audio_url'])}  (signature withheld; the file is saved)")
     print(f"  Expires at:    {first.result['expires_at']}")
     print("\nSpoken question: the answer above, sent back as audio/wav")
     print(f"  Heard:         {second.result['input_transcript'] or second.result['input_transcript_reason']}")
