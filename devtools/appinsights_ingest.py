@@ -47,8 +47,9 @@ from typing import Any
 
 import jwt
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from devtools.certs import load_public_key
 
 TRACK_PATHS = ("/v2.1/track", "/v2/track")
 QUICKPULSE_PATHS = ("/QuickPulseService.svc/ping", "/QuickPulseService.svc/post")
@@ -313,13 +314,6 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         known = any(route_path == path for _, route_path in _ROUTES)
         raise web.HTTPMethodNotAllowed(request.method, []) if known else web.HTTPNotFound()
     return await handler(request)
-
-
-def load_public_key(path: Path) -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError(f"{path} is not an RSA public key")
-    return key
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -159,3 +159,19 @@ def _write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_signing_key(path: Path) -> rsa.RSAPrivateKey:
+    """The token-signing private key (PEM) the identity endpoint signs with."""
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{path} is not an RSA private key")
+    return key
+
+
+def load_public_key(path: Path) -> rsa.RSAPublicKey:
+    """The token-signing public key (PEM) stand-ins verify tokens with."""
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError(f"{path} is not an RSA public key")
+    return key

@@ -37,7 +37,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from devtools.certs import key_id
+from devtools.certs import key_id, load_signing_key
 
 API_VERSION = "2019-08-01"
 TOKEN_PATH = "/msi/token"
@@ -188,13 +188,6 @@ async def _stats(request: web.Request) -> web.Response:
             "refused": issuer.refused,
         }
     )
-
-
-def load_signing_key(path: Path) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{path} is not an RSA private key")
-    return key
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
