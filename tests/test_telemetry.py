@@ -372,8 +372,23 @@ def scenario_env(ingestion: Ingestion, **overrides: str) -> dict[str, str]:
         SCENARIO_TEXT=SECRET_TEXT,
         SCENARIO_TRANSCRIPT=SECRET_TRANSCRIPT,
         SCENARIO_SAS=SAS_SIGNATURE,
+        # exports within a second, through the standard variables the app must honour
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        OTEL_BLRP_SCHEDULE_DELAY="100",
+        OTEL_METRIC_EXPORT_INTERVAL="500",
         **overrides,
     )
+
+
+def azure_monitor_settings(ingestion: Ingestion) -> dict[str, str]:
+    """The connection and Entra authentication strings that point the exporter at the stand-in."""
+    endpoint = f"https://{LOOPBACK}:{ingestion.ingest.port}/"
+    return {
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": (
+            f"InstrumentationKey={uuid.uuid4()};IngestionEndpoint={endpoint};LiveEndpoint={endpoint}"
+        ),
+        "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": f"Authorization=AAD;ClientId={DEFAULT_CLIENT_ID}",
+    }
 
 
 def run_scenario(env: dict[str, str], exported: Callable[[], bool] = lambda: True) -> dict[str, Any]:
@@ -409,17 +424,10 @@ def run_scenario(env: dict[str, str], exported: Callable[[], bool] = lambda: Tru
 def exported(ingestion: Ingestion) -> Run:
     """One run of the scenario with the Azure Monitor exporter and Entra auth, short intervals."""
     ingestion.request("DELETE", "/_ingest/items")
-    endpoint = f"https://{LOOPBACK}:{ingestion.ingest.port}/"
     env = scenario_env(
         ingestion,
-        APPLICATIONINSIGHTS_CONNECTION_STRING=(
-            f"InstrumentationKey={uuid.uuid4()};IngestionEndpoint={endpoint};LiveEndpoint={endpoint}"
-        ),
-        APPLICATIONINSIGHTS_AUTHENTICATION_STRING=f"Authorization=AAD;ClientId={DEFAULT_CLIENT_ID}",
+        **azure_monitor_settings(ingestion),
         OTEL_SERVICE_NAME="speech-under-test",
-        OTEL_BSP_SCHEDULE_DELAY="100",
-        OTEL_BLRP_SCHEDULE_DELAY="100",
-        OTEL_METRIC_EXPORT_INTERVAL="500",
     )
 
     def everything_arrived() -> bool:
@@ -577,23 +585,16 @@ def test_under_the_workers_pipeline_the_host_owns_the_request(ingestion: Ingesti
     """PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true: the worker configured the distro, the host
     records the request; the app's span goes below the host's, and nothing is exported twice."""
     ingestion.request("DELETE", "/_ingest/items")
-    endpoint = f"https://{LOOPBACK}:{ingestion.ingest.port}/"
     env = scenario_env(
         ingestion,
         SCENARIO_AS_WORKER="1",
         OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="azure_functions",  # the worker sets it (else IMDS is asked)
         SCENARIO_HOST_TRACEPARENT=f"00-{TRACE_ID}-{HOST_SPAN_ID}-01",
-        APPLICATIONINSIGHTS_CONNECTION_STRING=(
-            f"InstrumentationKey={uuid.uuid4()};IngestionEndpoint={endpoint};LiveEndpoint={endpoint}"
-        ),
-        APPLICATIONINSIGHTS_AUTHENTICATION_STRING=f"Authorization=AAD;ClientId={DEFAULT_CLIENT_ID}",
+        **azure_monitor_settings(ingestion),
         APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
         APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED="true",
         OTEL_TRACES_SAMPLER="microsoft.fixed_percentage",
         OTEL_TRACES_SAMPLER_ARG="1.0",
-        OTEL_BSP_SCHEDULE_DELAY="100",
-        OTEL_BLRP_SCHEDULE_DELAY="100",
-        OTEL_METRIC_EXPORT_INTERVAL="500",
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="django,fastapi,flask,httpx,psycopg2,requests,urllib,urllib3",
     )
 
@@ -714,9 +715,6 @@ def test_otlp_pipeline_exports_traces_metrics_and_logs(ingestion: Ingestion) -> 
         env = scenario_env(
             ingestion,
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
-            OTEL_BSP_SCHEDULE_DELAY="100",
-            OTEL_BLRP_SCHEDULE_DELAY="100",
-            OTEL_METRIC_EXPORT_INTERVAL="500",
         )
         output = run_scenario(env, lambda: all(receiver.received.values()))
     finally:
