@@ -112,18 +112,17 @@ async def speech(req: Request) -> Response:
     outcome = Outcome(request_id, Timeline(), trace)
     try:
         content_type = req.headers.get("content-type")
-        audio_max_bytes = (await speech_service()).settings.audio_input_max_bytes
+        service = await speech_service()
+        audio_max_bytes = service.settings.audio_input_max_bytes
         body = await read_body(req, body_limit(content_type, audio_max_bytes))
         speech_request = parse_speech_request(
             content_type, body, req.query_params, audio_max_bytes=audio_max_bytes
         )
         key = idempotency_key(req.headers)
         events = wants_event_stream(req.headers.get("accept"))
-        service = await speech_service()
         media_type = _media_type(content_type)
-        audio_type = (
-            media_type if media_type in AUDIO_MEDIA_TYPES else None
-        )  # JSON's audio: told from its bytes
+        # a raw audio body's media type; audio in JSON is told from its bytes
+        audio_type = media_type if media_type in AUDIO_MEDIA_TYPES else None
         answering = await service.start(
             speech_request, request_id, outcome.timeline, key, events=events, audio_type=audio_type
         )
