@@ -1,22 +1,23 @@
-"""A small local stand-in for the streaming speech function, for working on the playground page.
+"""A small local stand-in for the streaming chat completions function, for working on the playground.
 
     python -m tests.sse_replay_server [--port 7072] [--pace 0.02]
 
-Serves `realtime_speech/playground.html` at `GET /api/playground` and answers `POST /api/speech`
-with a synthetic Server-Sent Events stream that follows the function's event contract
-(`speech.started`, `speech.audio.delta`, `speech.transcript.delta`, `speech.done`, `error`), written
-the awkward ways the standard allows so the page's parser is exercised: odd-sized audio deltas,
-events split across writes (mid line, mid UTF-8 character, between CR and LF), CRLF, LF and CR line
-ends, a `data` field over two lines, `id`/`retry` fields and `: keep-alive` comments. The audio is a
-sine tone; the WAV it makes is served at the `audio_url` of `speech.done`.
+Serves `realtime_speech/playground.html` at `GET /api/playground`, one model at `GET /api/v1/models`,
+and answers `POST /api/v1/chat/completions` with a synthetic stream of `chat.completion.chunk`s that
+follows the function's contract (the audio id first, transcript and audio pieces, the stored file's
+`expires_at` and `url`, `finish_reason`, `[DONE]`), written the awkward ways the standard allows so
+the page's parser is exercised: odd-sized audio pieces, events split across writes (mid line, mid
+UTF-8 character, between CR and LF), CRLF, LF and CR line ends, a `data` field over two lines,
+`id`/`retry` fields and `: keep-alive` comments. The audio is a sine tone; the WAV it makes is served
+at the answer's `url`.
 
-Requests pick what happens through the text:
-- blank text: `400` problem document before the stream;
-- `[[replay:busy]]`: `429` problem document with `Retry-After`;
+Requests pick what happens through the last message's text:
+- blank text: `400` OpenAI error before the stream;
+- `[[replay:busy]]`: `429` OpenAI error with `Retry-After`;
 - `[[replay:error]]`: an `error` event after some audio, then the end of the stream;
-- `[[replay:cut]]`: the stream ends after some audio, without `speech.done`.
+- `[[replay:cut]]`: the stream ends after some audio, without `[DONE]`.
 
-`GET /_replay/requests` lists what each `POST /api/speech` sent (headers of interest and body), for
+`GET /_replay/requests` lists what each completion request sent (headers of interest and body), for
 tests. Loopback only: this is a development tool.
 """
 
@@ -37,8 +38,7 @@ from uuid import uuid4
 
 from aiohttp import web
 
-from realtime_speech.errors import PROBLEM_TYPE_BASE
-from realtime_speech.wav import PCM16_24KHZ_MONO, WAV_HEADER_BYTES, wav_header
+from realtime_speech.wav import PCM16_24KHZ_MONO, wav_header
 
 PAGE = Path(__file__).resolve().parents[1] / "realtime_speech" / "playground.html"
 TRANSCRIPT = "Hello from the replay server \u2014 caf\u00e9 \u2615, streamed in pieces."
@@ -48,6 +48,8 @@ AMPLITUDE = 0.3 * 32767
 # Odd sizes, so deltas end mid-sample and the page must carry the odd byte over.
 DELTA_SIZES = (4801, 3999, 6001, 1, 2047, 7777)
 SPLIT_FROM_ERROR = 2  # deltas sent before a scripted failure
+MODEL = "gpt-realtime"
+AUDIO_ID = "audio_replay"
 RECORDED_HEADERS = ("content-type", "accept", "x-functions-key")
 
 REQUESTS = web.AppKey("requests", list)
@@ -90,9 +92,20 @@ def odd_deltas(pcm: bytes) -> Iterator[bytes]:
         offset, index = offset + size, index + 1
 
 
-def event(kind: str, data: dict[str, Any], line_end: str = "\n") -> bytes:
-    body = json.dumps({"type": kind, **data}, ensure_ascii=False)
-    return f"event: {kind}{line_end}data: {body}{line_end}{line_end}".encode()
+def frame(data: dict[str, Any] | str, line_end: str = "\n") -> bytes:
+    body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {body}{line_end}{line_end}".encode()
+
+
+def chunk(completion_id: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    """A `chat.completion.chunk` with one choice."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(datetime.now(UTC).timestamp()),
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
 
 
 def split_at(data: bytes, *positions: int) -> list[Piece]:
@@ -101,96 +114,57 @@ def split_at(data: bytes, *positions: int) -> list[Piece]:
     return [Piece(data[a:b]) for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
 
 
-def problem(status: int, code: str, title: str, detail: str, request_id: str) -> dict[str, Any]:
-    return {
-        "type": PROBLEM_TYPE_BASE + code,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "request_id": request_id,
-    }
+def openai_error(status: int, message: str, kind: str, param: str | None, code: str | None) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    headers = {"x-request-id": uuid4().hex}
+    if status == 429:
+        headers["Retry-After"] = "7"
+    return web.json_response(body, status=status, headers=headers)
 
 
-def problem_response(body: dict[str, Any], **headers: str) -> web.Response:
-    return web.json_response(
-        body, status=body["status"], content_type="application/problem+json", headers=headers
-    )
-
-
-def stream_pieces(request_id: str, text: str, audio_url: str, pcm: bytes) -> Iterator[Piece]:
-    """The whole answer, event by event, written in the awkward ways SSE allows."""
+def stream_pieces(completion_id: str, text: str, audio_url: str, pcm: bytes) -> Iterator[Piece]:
+    """The whole answer, chunk by chunk, written in the awkward ways SSE allows."""
     yield Piece(b": keep-alive\n\n", pause=False)
     yield Piece(b"retry: 3000\nid: 1\n\n", pause=False)  # fields the page must ignore; dispatches nothing
-    started = event(
-        "speech.started",
-        {
-            "request_id": request_id,
-            "blob_name": blob_name(request_id),
-            "format": "wav",
-            "encoding": "pcm_s16le",
-            "sample_rate": PCM16_24KHZ_MONO.sample_rate,
-            "channels": PCM16_24KHZ_MONO.channels,
-            "bits_per_sample": PCM16_24KHZ_MONO.bits_per_sample,
-        },
-        "\r\n",
+    first = frame(
+        chunk(completion_id, {"role": "assistant", "content": None, "audio": {"id": AUDIO_ID}}), "\r\n"
     )
-    yield from split_at(started, 9, -1)  # mid field name; between the final CR and LF
+    yield from split_at(first, 3, -1)  # mid field name; between the final CR and LF
     words = TRANSCRIPT.split(" ")
     deltas = list(odd_deltas(pcm))
     for index, delta in enumerate(deltas):
         if index == SPLIT_FROM_ERROR and "[[replay:error]]" in text:
-            detail = "The model stopped answering (scripted by the replay server)."
-            failure = problem(502, "upstream-failed", "The model endpoint failed", detail, request_id)
-            yield Piece(event("error", {"error": failure}))
+            failure = {
+                "message": "The model stopped answering (scripted by the replay server).",
+                "type": "server_error",
+                "param": None,
+                "code": "upstream_failed",
+            }
+            yield Piece(frame({"error": failure}))
             return
         if index == SPLIT_FROM_ERROR and "[[replay:cut]]" in text:
             return
         if index < len(words):
-            yield from transcript_delta(("" if index == 0 else " ") + words[index], index)
-        audio = event("speech.audio.delta", {"audio": base64.b64encode(delta).decode()})
+            yield from transcript_delta(completion_id, ("" if index == 0 else " ") + words[index], index)
+        audio = frame(chunk(completion_id, {"audio": {"data": base64.b64encode(delta).decode()}}))
         yield from split_at(audio, len(audio) // 2) if index % 2 else [Piece(audio)]
         if index == 2:
             yield Piece(b": keep-alive\n\n")
     if len(words) > len(deltas):
-        yield from transcript_delta(" " + " ".join(words[len(deltas) :]), len(deltas))
-    yield Piece(event("speech.done", done_body(request_id, audio_url, pcm), "\r"))
+        yield from transcript_delta(completion_id, " " + " ".join(words[len(deltas) :]), len(deltas))
+    expires_at = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+    yield Piece(frame(chunk(completion_id, {"audio": {"expires_at": expires_at, "url": audio_url}}), "\r"))
+    yield Piece(frame(chunk(completion_id, {}, "stop")))
+    yield Piece(frame("[DONE]"))
 
 
-def transcript_delta(delta: str, index: int) -> list[Piece]:
+def transcript_delta(completion_id: str, delta: str, index: int) -> list[Piece]:
+    body = json.dumps(chunk(completion_id, {"audio": {"transcript": delta}}), ensure_ascii=False)
     if index == 1:  # a data field over two lines: JSON allows the line break between members
-        body = json.dumps({"type": "speech.transcript.delta", "delta": delta}).replace(", ", ",\ndata: ")
-        return [Piece(f"event: speech.transcript.delta\ndata: {body}\n\n".encode())]
-    encoded = event("speech.transcript.delta", {"delta": delta})
+        return [Piece(("data: " + body.replace(", ", ",\ndata: ") + "\n\n").encode())]
+    encoded = frame(body)
     multibyte = next((i for i, byte in enumerate(encoded) if byte >= 0x80), None)
     return split_at(encoded, multibyte + 1) if multibyte is not None else [Piece(encoded)]
-
-
-def blob_name(request_id: str) -> str:
-    return f"{datetime.now(UTC):%Y/%m/%d}/{request_id}.wav"
-
-
-def done_body(request_id: str, audio_url: str, pcm: bytes) -> dict[str, Any]:
-    fmt = PCM16_24KHZ_MONO
-    return {
-        "request_id": request_id,
-        "transcript": TRANSCRIPT,
-        "audio_url": audio_url,
-        "expires_at": (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "container": "audio",
-        "blob_name": blob_name(request_id),
-        "audio": {
-            "format": "wav",
-            "encoding": "pcm_s16le",
-            "sample_rate": fmt.sample_rate,
-            "channels": fmt.channels,
-            "bits_per_sample": fmt.bits_per_sample,
-            "duration_seconds": round(fmt.duration_seconds(len(pcm)), 3),
-            "bytes": WAV_HEADER_BYTES + len(pcm),
-        },
-        "voice": "alloy",
-        "status": "completed",
-        "status_reason": None,
-    }
 
 
 async def playground(request: web.Request) -> web.Response:
@@ -207,34 +181,51 @@ async def playground(request: web.Request) -> web.Response:
     )
 
 
-async def speech(request: web.Request) -> web.StreamResponse:
-    request_id = uuid4().hex
+async def models(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "replay"}]}
+    )
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    completion_id = f"chatcmpl-{uuid4().hex}"
     raw = await request.read()
     request.app[REQUESTS].append(
         {"headers": {name: request.headers.get(name) for name in RECORDED_HEADERS}, "body": raw.decode()}
     )
     try:
-        text = json.loads(raw)["text"]
-    except (ValueError, KeyError, TypeError):
-        text = None
-    if not isinstance(text, str) or not text.strip():
-        detail = "text: must not be blank"
-        return problem_response(
-            problem(400, "invalid-request", "The request is not valid", detail, request_id)
+        content = json.loads(raw)["messages"][-1]["content"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        content = None
+    if not isinstance(content, str) or not content.strip():
+        return openai_error(
+            400,
+            "messages[0].content: must not be blank",
+            "invalid_request_error",
+            "messages[0].content",
+            "invalid_value",
         )
-    if "[[replay:busy]]" in text:
-        detail = "The model endpoint is rate limited (scripted by the replay server)."
-        body = problem(429, "upstream-rate-limited", "The model endpoint is busy", detail, request_id)
-        return problem_response(body, **{"Retry-After": "7"})
+    if "[[replay:busy]]" in content:
+        return openai_error(
+            429,
+            "The model endpoint is rate limited (scripted by the replay server).",
+            "rate_limit_error",
+            None,
+            "upstream_rate_limited",
+        )
 
     pcm = tone_pcm()
-    request.app[WAVS][request_id] = wav_header(len(pcm)) + pcm
-    audio_url = str(request.url.with_path(f"/audio/{request_id}.wav").with_query({"sp": "r"}))
+    request.app[WAVS][completion_id] = wav_header(len(pcm)) + pcm
+    audio_url = str(request.url.with_path(f"/audio/{completion_id}.wav").with_query({"sp": "r"}))
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-request-id": request_id}
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "x-request-id": uuid4().hex,
+        }
     )
     await response.prepare(request)
-    for piece in stream_pieces(request_id, text, audio_url, pcm):
+    for piece in stream_pieces(completion_id, content, audio_url, pcm):
         await response.write(piece.data)
         if piece.pause:
             await asyncio.sleep(request.app[PACE])
@@ -261,7 +252,8 @@ def create_app(pace: float) -> web.Application:
     app[WAVS] = {}
     app[PACE] = pace
     app.router.add_get("/api/playground", playground)
-    app.router.add_post("/api/speech", speech)
+    app.router.add_get("/api/v1/models", models)
+    app.router.add_post("/api/v1/chat/completions", completions)
     app.router.add_get("/audio/{request_id}.wav", audio)
     app.router.add_get("/_replay/requests", recorded_requests)
     return app
