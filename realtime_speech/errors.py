@@ -22,9 +22,11 @@ class ServiceError(Exception):
     title: ClassVar[str] = "Internal error"
     default_retry_after: ClassVar[float | None] = None
 
-    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, detail: str, *, retry_after: float | None = None, param: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.param = param
+        """The request field at fault, when one is (named in OpenAI-shaped errors)."""
         self.asked_retry_after = retry_after
         """The wait a dependency asked for (e.g. an upstream `Retry-After`), None when it named none."""
         self.retry_after = retry_after if retry_after is not None else self.default_retry_after

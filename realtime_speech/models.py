@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -145,6 +146,42 @@ class SpeechResult(SpeechRecord):
     def record(self) -> SpeechRecord:
         """The result without its URL, as it is kept."""
         return SpeechRecord.model_validate(self.model_dump(include=set(SpeechRecord.model_fields)))
+
+
+@dataclass(frozen=True)
+class SpokenPart:
+    """An audio file in a conversation (WAV or MP3 as received); `param` says where it was sent."""
+
+    data: bytes
+    param: str
+
+
+@dataclass(frozen=True)
+class AnswerReference:
+    """An earlier answer of this app, by the `audio_id` it was handed out with."""
+
+    audio_id: str
+    param: str
+
+
+@dataclass(frozen=True)
+class HistoryTurn:
+    """An earlier message: a user's text and spoken parts, or an assistant's text or earlier answer."""
+
+    role: Literal["user", "assistant"]
+    content: tuple[str | SpokenPart | AnswerReference, ...]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What a conversation adds to a question: instructions (replacing REALTIME_INSTRUCTIONS), the
+    turns before it, the deployment that must answer (None: any), and where the question's own audio
+    was sent (for errors)."""
+
+    instructions: str | None = None
+    history: tuple[HistoryTurn, ...] = ()
+    deployment: str | None = None
+    question_param: str | None = None
 
 
 # The phases of a request, each from one mark (None: the request's start) to the next.

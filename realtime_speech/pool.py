@@ -196,13 +196,19 @@ class BackendPool:
 
     # --- used by `connect` and `Lease` -------------------------------------------------------------
 
-    def _take(self, exclude: set[str]) -> _Slot | None:
-        """Choose an available backend not in `exclude` and count the attempt in flight; None if every
-        available one is excluded. Raises the 429/503 of the module docstring when none is available."""
+    def deployments(self) -> list[str]:
+        """The distinct deployment names of the pool, in order of first appearance."""
+        return list(dict.fromkeys(backend.settings.deployment for backend in self._backends))
+
+    def _take(self, exclude: set[str], deployment: str | None = None) -> _Slot | None:
+        """Choose an available backend (of `deployment`, when given) not in `exclude` and count the
+        attempt in flight; None if every available one is excluded. Raises the 429/503 of the module
+        docstring when none is available."""
         now = self._clock()
-        available = [b for b in self._backends if b.available(now)]
+        backends = [b for b in self._backends if deployment in (None, b.settings.deployment)]
+        available = [b for b in backends if b.available(now)]
         if not available:
-            raise self._none_available_error(now)
+            raise self._none_available_error(now, backends)
         candidates = [b for b in available if b.name not in exclude]
         if not candidates:
             return None
@@ -263,9 +269,9 @@ class BackendPool:
         """Full-jitter exponential backoff."""
         return self._rng.uniform(0, min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2**attempt))
 
-    def _none_available_error(self, now: float) -> ServiceError:
-        wait = min(backend.back_at(now) for backend in self._backends) - now
-        if any(backend.cooling(now) for backend in self._backends):
+    def _none_available_error(self, now: float, backends: Sequence[_Backend]) -> ServiceError:
+        wait = min(backend.back_at(now) for backend in backends) - now
+        if any(backend.cooling(now) for backend in backends):
             return UpstreamRateLimited(
                 f"Every model backend is rate limited or unavailable; the first is back in {wait:.0f} s.",
                 retry_after=wait,
@@ -293,9 +299,11 @@ async def connect(
     open_backend: Callable[[BackendSettings], Awaitable[T]],
     deadline: float,
     *,
+    deployment: str | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> Lease[T]:
-    """Open a session on the best available backend, spilling over on refusals (module docstring).
+    """Open a session on the best available backend (of `deployment`, when given: a model's
+    backends), spilling over on refusals (module docstring).
 
     `open_backend` performs one handshake and raises a `ServiceError` when it fails (its
     `asked_retry_after` is the endpoint's Retry-After); `deadline` is event-loop time.
@@ -306,7 +314,7 @@ async def connect(
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         tried: set[str] = set()
         waits: list[float] = []
-        while loop.time() < deadline and (slot := pool._take(tried)) is not None:
+        while loop.time() < deadline and (slot := pool._take(tried, deployment)) is not None:
             tried.add(slot.backend.name)
             try:
                 value = await _attempt(pool, slot, open_backend)

@@ -2,7 +2,8 @@
 
 A `RealtimeBackend` is one deployment; `open()` connects (failures mapped to the documented errors).
 A `RealtimeSession` is configured, asked and answered in one pipelined exchange: `session.update`,
-`conversation.item.create` and `response.create` go out together (the service applies client events
+the earlier turns of a conversation and the question as `conversation.item.create` (or the input
+buffer), and `response.create` go out together (the service applies client events
 in order), then the events are consumed as they arrive and handed to an `AnswerListener` as they
 stream. Knows nothing of HTTP or storage.
 """
@@ -14,7 +15,7 @@ import base64
 import re
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
 from openai import AsyncOpenAI, WebSocketConnectionClosedError
@@ -55,6 +56,29 @@ WEBSOCKET_OPTIONS = {"open_timeout": 10.0, "close_timeout": 2.0}
 
 
 @dataclass(frozen=True)
+class Turn:
+    """An earlier message of a conversation, replayed before the question: text parts (str) and, for
+    a user, spoken parts (bytes, PCM16 24 kHz mono). An assistant turn is its text (the service
+    refuses assistant audio)."""
+
+    role: Literal["user", "assistant"]
+    content: tuple[str | bytes, ...]
+
+
+def turn_item(turn: Turn) -> dict[str, Any]:
+    """The conversation item of a turn."""
+    content: list[dict[str, Any]] = []
+    for part in turn.content:
+        if isinstance(part, bytes):
+            content.append({"type": "input_audio", "audio": base64.b64encode(part).decode()})
+        elif turn.role == "assistant":
+            content.append({"type": "output_text", "text": part})
+        else:
+            content.append({"type": "input_text", "text": part})
+    return {"type": "message", "role": turn.role, "content": content}
+
+
+@dataclass(frozen=True)
 class VoiceRequest:
     """What to ask and how to answer: the user's text, the instructions, the voice, the session's audio
     output format, the speaking speed and the longest answer (in output tokens; None: no limit)."""
@@ -71,6 +95,8 @@ class VoiceRequest:
     input_format: dict[str, Any] | None = None
     input_transcript_grace_seconds: float = 5.0
     """How long after `response.done` the question's transcript is still awaited."""
+    history: tuple[Turn, ...] = ()
+    """The conversation before the question, oldest first."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +201,9 @@ class RealtimeSession:
             # Typed events are serialised by pydantic (about 0.1 ms); the resource helpers run the
             # SDK's parameter transform instead (about 3 ms of event-loop time per event).
             await connection.send(SessionUpdateEvent(type="session.update", session=session_config(request)))
+            for turn in request.history:
+                item = turn_item(turn)
+                await connection.send(ConversationItemCreateEvent(type="conversation.item.create", item=item))
             await self._ask(request)
             await connection.send(ResponseCreateEvent(type="response.create"))
             self._answering = True

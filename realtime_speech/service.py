@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,19 +26,34 @@ from azure.core.credentials_async import AsyncTokenCredential
 from . import incidents, telemetry
 from .answer import Answering, AnswerStream, AudioFile, EventChannel, QuestionFile
 from .audio_input import SpokenQuestion, decode_question
-from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, OutputFormat
-from .errors import DeadlineExceeded, ServiceError
+from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, PCM_SESSION_FORMAT, OutputFormat
+from .errors import DeadlineExceeded, InvalidRequest, PayloadTooLarge, ServiceError
 from .idempotency import Claim, IdempotencyKeys
 from .identity import app_credential, openai_token_provider
-from .models import InputAudioFacts, SpeechRecord, SpeechRequest, SpeechResult, Timeline
+from .models import (
+    AnswerReference,
+    Conversation,
+    HistoryTurn,
+    InputAudioFacts,
+    SpeechRecord,
+    SpeechRequest,
+    SpeechResult,
+    SpokenPart,
+    Timeline,
+)
 from .pool import BackendPool, Lease, connect
-from .realtime import RealtimeBackend, RealtimeSession, VoiceRequest, realtime_client
+from .realtime import RealtimeBackend, RealtimeSession, Turn, VoiceRequest, realtime_client
 from .settings import BackendSettings, Settings
 from .storage import AudioStore, blob_service_client
+from .wav import PCM16_24KHZ_MONO
 
 T = TypeVar("T")
 
 CLEANUP_SECONDS = 5.0
+# An earlier spoken turn goes to the session as one event, which must stay under 15 MiB (base64).
+MAX_TURN_AUDIO_SECONDS = 150.0
+# An answer's audio id: the date path and name of its stored file ("audio_" yyyymmdd hex32).
+_AUDIO_ID = re.compile(r"audio_(\d{4})(\d{2})(\d{2})([0-9a-f]{32})")
 # The audio facts a caller is told before the first byte (`speech.started`).
 STARTED_FACTS = {"format", "encoding", "sample_rate", "channels", "bits_per_sample", "bitrate_kbps"}
 
@@ -108,21 +124,28 @@ class SpeechService:
         *,
         events: bool = False,
         audio_type: str | None = None,
+        conversation: Conversation | None = None,
     ) -> Answering:
         """Begin answering `request` within the deadline (REALTIME_TIMEOUT_SECONDS). Returns once the
         model session is open, or with the key's earlier answer. With `events`, the answer's events
         are kept for `Answering.events()` (bounded: see `EventChannel`). `audio_type` is the media
-        type of a spoken question sent as the raw body (None: told from its bytes)."""
+        type of a spoken question sent as the raw body (None: told from its bytes). `conversation`
+        adds instructions, earlier turns and the deployment (no idempotency key then)."""
         deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
         incidents.begin()
+        conversation = conversation or Conversation()
         if idempotency_key is None:
-            return await self._begin(request, audio_type, request_id, timeline, deadline, events, claim=None)
+            return await self._begin(
+                request, audio_type, conversation, request_id, timeline, deadline, events, claim=None
+            )
         claim = self._keys.claim(idempotency_key, request.fingerprint())
         try:
             earlier = await self._within(deadline, claim.earlier())
             if earlier is not None:
                 return Answering.done(deadline, await self._signed(earlier), replayed=True)
-            return await self._begin(request, audio_type, request_id, timeline, deadline, events, claim)
+            return await self._begin(
+                request, audio_type, conversation, request_id, timeline, deadline, events, claim
+            )
         except BaseException as error:
             claim.fail(error)
             raise
@@ -131,13 +154,14 @@ class SpeechService:
         self,
         request: SpeechRequest,
         audio_type: str | None,
+        conversation: Conversation,
         request_id: str,
         timeline: Timeline,
         deadline: float,
         events: bool,
         claim: Claim | None,
     ) -> Answering:
-        question = await self._within(deadline, self.question(request, audio_type))
+        question = await self._within(deadline, self.question(request, audio_type, conversation))
         attempts = itertools.count(1)
 
         async def open_backend(backend: BackendSettings) -> RealtimeSession:
@@ -145,7 +169,9 @@ class SpeechService:
                 return await self.backends[backend.name].open()
 
         with telemetry.phase("connect"):
-            lease = await self._within(deadline, connect(self.pool, open_backend, deadline))
+            lease = await self._within(
+                deadline, connect(self.pool, open_backend, deadline, deployment=conversation.deployment)
+            )
         timeline.mark("connected")
         telemetry.set_attributes(backend=lease.name, voice=question.voice.voice, format=question.output.name)
         blob_name = f"{datetime.now(UTC):%Y/%m/%d}/{uuid4().hex}{question.output.extension}"
@@ -163,18 +189,27 @@ class SpeechService:
             task.add_done_callback(lambda _: channel.close())
         return Answering(deadline, task, started, channel)
 
-    async def question(self, request: SpeechRequest, audio_type: str | None = None) -> Question:
-        """The request with the settings' defaults filled in; a spoken question is decoded and checked
-        (in a worker thread: it is CPU work) before any model session is opened."""
+    async def question(
+        self, request: SpeechRequest, audio_type: str | None = None, conversation: Conversation | None = None
+    ) -> Question:
+        """The request with the settings' defaults filled in; a spoken question (and every spoken turn
+        of a conversation) is decoded and checked (in a worker thread: it is CPU work), and earlier
+        answers are found again by their audio ids, before any model session is opened."""
         settings = self.settings
+        conversation = conversation or Conversation()
         spoken = None
         if request.audio is not None:
             limit = settings.audio_input_max_seconds
-            spoken = await asyncio.to_thread(decode_question, request.audio, audio_type, max_seconds=limit)
+            decode = asyncio.to_thread(decode_question, request.audio, audio_type, max_seconds=limit)
+            spoken = await _naming(conversation.question_param, decode)
+            if conversation.question_param is not None:
+                _require_pcm(spoken, conversation.question_param)
+        history = await self._turns(conversation.history)
+        self._check_conversation_audio(history, spoken)
         output = OUTPUT_FORMATS[request.format or DEFAULT_OUTPUT_FORMAT]
         voice = VoiceRequest(
             text=request.text,
-            instructions=request.instructions or settings.realtime_instructions,
+            instructions=conversation.instructions or request.instructions or settings.realtime_instructions,
             voice=request.voice or settings.realtime_voice,
             transcription_model=settings.realtime_transcription_model,
             output_format=dict(output.session_format),
@@ -183,8 +218,51 @@ class SpeechService:
             input_audio=spoken.audio if spoken else None,
             input_format=dict(spoken.session_format) if spoken else None,
             input_transcript_grace_seconds=settings.input_transcript_grace_seconds,
+            history=history,
         )
         return Question(voice, output, spoken)
+
+    async def _turns(self, history: Sequence[HistoryTurn]) -> tuple[Turn, ...]:
+        """The turns as the session takes them: audio decoded to PCM, earlier answers as their
+        transcripts (all at once)."""
+        parts = [part for turn in history for part in turn.content]
+        resolved = iter(await asyncio.gather(*(self._part(part) for part in parts)))
+        return tuple(Turn(turn.role, tuple(next(resolved) for _ in turn.content)) for turn in history)
+
+    def _check_conversation_audio(self, history: Sequence[Turn], spoken: SpokenQuestion | None) -> None:
+        """All the audio of a conversation together stays within AUDIO_INPUT_MAX_SECONDS."""
+        pcm = sum(len(part) for turn in history for part in turn.content if isinstance(part, bytes))
+        seconds = pcm / (PCM16_24KHZ_MONO.sample_rate * 2) + (spoken.duration_seconds if spoken else 0.0)
+        limit = self.settings.audio_input_max_seconds
+        if seconds > limit:
+            raise PayloadTooLarge(
+                f"The conversation's audio lasts {seconds:.1f} s; at most {limit:g} s are accepted.",
+                param="messages",
+            )
+
+    async def _part(self, part: str | SpokenPart | AnswerReference) -> str | bytes:
+        if isinstance(part, str):
+            return part
+        if isinstance(part, AnswerReference):
+            return await self.earlier_transcript(part)
+        limit = min(self.settings.audio_input_max_seconds, MAX_TURN_AUDIO_SECONDS)
+        spoken = await _naming(
+            part.param, asyncio.to_thread(decode_question, part.data, None, max_seconds=limit)
+        )
+        _require_pcm(spoken, part.param)
+        return spoken.audio
+
+    async def earlier_transcript(self, reference: AnswerReference) -> str:
+        """The transcript of an answer this app gave, while its audio id is valid (its URL's
+        lifetime); else a 400 naming where the id was sent."""
+        name = _record_of_audio_id(reference.audio_id)
+        stored = await self.store.load_record_written(name) if name else None
+        if stored is None or stored[1] + self.store.url_ttl < datetime.now(UTC):
+            raise InvalidRequest(
+                "The audio id is unknown or has expired; send the answer's transcript as text instead.",
+                param=reference.param,
+            )
+        return SpeechRecord.model_validate(stored[0]).transcript
 
     def _question_file(self, spoken: SpokenQuestion, answer_name: str) -> QuestionFile:
         """Start uploading the spoken question beside its answer; it is committed with the answer."""
@@ -341,6 +419,36 @@ class SpeechService:
         for backend in self.backends.values():
             await backend.close()
         await self.credential.close()
+
+
+def audio_id(blob_name: str) -> str:
+    """The id an answer is handed out with in the OpenAI shape: its stored file's date path and name,
+    so that its record is found again without listing the container."""
+    path = PurePosixPath(blob_name)
+    return "audio_" + "".join(path.parent.parts) + path.stem
+
+
+def _record_of_audio_id(value: str) -> str | None:
+    """The record's blob name of an audio id (None when it is not one of ours)."""
+    match = _AUDIO_ID.fullmatch(value)
+    return None if match is None else "{}/{}/{}/{}.json".format(*match.groups())
+
+
+async def _naming(param: str | None, work: Awaitable[T]) -> T:
+    """Run `work`; a failure it raises names `param` (where the audio was sent)."""
+    try:
+        return await work
+    except ServiceError as exc:
+        exc.param = exc.param or param
+        raise
+
+
+def _require_pcm(spoken: SpokenQuestion, param: str) -> None:
+    """Every spoken turn of a conversation shares the session's PCM input format (no G.711)."""
+    if spoken.session_format != PCM_SESSION_FORMAT:
+        raise InvalidRequest(
+            "G.711 WAV audio is not accepted in a conversation; send PCM WAV or MP3.", param=param
+        )
 
 
 def record_name(audio_name: str) -> str:

@@ -179,14 +179,32 @@ class AudioStore:
                 return False
         return True
 
+    @property
+    def url_ttl(self) -> timedelta:
+        """How long a read URL is valid (AUDIO_URL_TTL_MINUTES)."""
+        return self._url_ttl
+
     async def load_record(self, blob_name: str) -> dict[str, Any] | None:
         """A stored record, or None when there is none."""
+        stored = await self.load_record_written(blob_name)
+        return None if stored is None else stored[0]
+
+    async def load_record_written(self, blob_name: str) -> tuple[dict[str, Any], datetime] | None:
+        """A stored record and when it was written, or None when there is none."""
         async with storage_errors("read a request record"):
             try:
                 downloader = await self._container.download_blob(blob_name)
             except ResourceNotFoundError:
                 return None
-            return json.loads(await downloader.readall())
+            return json.loads(await downloader.readall()), downloader.properties.last_modified
+
+    async def read(self, blob_name: str, offset: int = 0) -> AsyncIterator[bytes]:
+        """A stored blob from `offset`, piece by piece as it downloads (bounded memory)."""
+        async with storage_errors("read an audio file"):
+            downloader = await self._container.download_blob(blob_name, offset=offset)
+        async with storage_errors("read an audio file"):
+            async for chunk in downloader.chunks():
+                yield chunk
 
     async def delete(self, blob_name: str) -> None:
         async with storage_errors("delete a blob"):

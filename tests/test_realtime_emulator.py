@@ -684,6 +684,57 @@ async def test_a_second_response_while_one_is_active_is_refused(emulator: Emulat
     assert errors == ["conversation_already_has_active_response"]
 
 
+async def test_history_items_are_kept_in_order_and_the_last_user_message_is_answered(
+    emulator: Emulator,
+) -> None:
+    spoken = synthesize("An earlier spoken turn.").pcm
+    history = [
+        {"role": "user", "content": [{"type": "input_text", "text": "First question."}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "First answer."}]},
+        {"role": "user", "content": [{"type": "input_audio", "audio": base64.b64encode(spoken).decode()}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Second answer."}]},
+    ]
+    async with connected(emulator) as (connection, created):
+        events: list[dict[str, Any]] = []
+        for item in history:
+            await connection.conversation.item.create(item={"type": "message", **item})
+            await collect(connection, events, is_type("conversation.item.done"))
+        turn = await ask(connection, "The last question.")
+    assert turn.transcript_deltas == "The last question."
+    record = await ended_record(emulator, created["session"]["id"])
+    assert [(item["role"], item["content"][0]["type"]) for item in record["items"]] == [
+        ("user", "input_text"),
+        ("assistant", "output_text"),
+        ("user", "input_audio"),
+        ("assistant", "output_text"),
+        ("user", "input_text"),
+        ("assistant", "output_audio"),
+    ]
+    assert record["items"][2]["content"][0] == {
+        "type": "input_audio",
+        "audio_bytes": len(spoken),
+        "audio_sha256": hashlib.sha256(spoken).hexdigest(),
+    }
+    assert record["items"][3]["content"][0]["text"] == "Second answer."
+    assert record["items"][5]["content"][0]["transcript"] == "The last question."
+
+
+async def test_assistant_audio_parts_are_refused_as_the_service_does(emulator: Emulator) -> None:
+    audio = base64.b64encode(synthesize("Spoken before.").pcm).decode()
+    item = {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_audio", "audio": audio, "transcript": "Spoken before."}],
+    }
+    async with connected(emulator) as (connection, created):
+        await connection.conversation.item.create(item=item)
+        error = await receive(connection)
+    assert error["type"] == "error"
+    assert error["error"]["code"] == "missing_required_parameter"
+    assert error["error"]["param"] == "item.content[0].text"
+    assert (await ended_record(emulator, created["session"]["id"]))["items"] == []
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Scenarios
 

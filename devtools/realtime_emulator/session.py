@@ -50,7 +50,9 @@ class SessionRecord:
     ``response.done``. ``input_audio`` lists each committed input buffer: ``item_id``, ``format``,
     ``bytes``, ``samples``, ``seconds``, ``sha256`` (of the raw bytes), ``heard`` (the text heard) and
     ``transcript`` (as its transcription sent it; null until then, or without transcription); the raw
-    bytes are served by ``GET /_emulator/sessions/{id}/input_audio``. ``ended_by`` is None while open,
+    bytes are served by ``GET /_emulator/sessions/{id}/input_audio``. ``items`` is the conversation as
+    the emulator holds it, in order: each item's ``id``, ``role`` and ``content`` parts, whose audio is
+    shown as ``audio_bytes`` and ``audio_sha256`` (of the decoded bytes). ``ended_by`` is None while open,
     then ``client_close``, ``connection_lost`` (no close frame from the client), ``emulator_drop`` or
     ``emulator_shutdown``.
     """
@@ -74,6 +76,7 @@ class SessionRecord:
     response_id: str | None = None
     response_status: str | None = None
     input_audio: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
     ended_by: str | None = None
     raw_input_audio: dict[str, bytes] = field(default_factory=dict, repr=False)
     """Committed input audio by item id; served by its own route, not in the JSON record."""
@@ -235,6 +238,7 @@ class RealtimeSession:
     async def _create_item(self, event: dict[str, Any]) -> None:
         item = {"id": new_id("item"), **copy.deepcopy(event["item"])}
         if item.get("type") == "message":
+            _refuse_assistant_audio(item)
             item.update(object="realtime.item", status="completed")
             if item["role"] == "user":
                 self._apply_directive(item)
@@ -244,6 +248,7 @@ class RealtimeSession:
     async def _add_item(self, item: dict[str, Any]) -> None:
         previous_item_id = self._items[-1]["id"] if self._items else None
         self._items.append(item)
+        self._note_items()
         await self._send(
             server_event("conversation.item.added", previous_item_id=previous_item_id, item=item)
         )
@@ -321,6 +326,7 @@ class RealtimeSession:
         for item in self._items:
             if item.get("id") == committed.item_id:
                 item["content"][0]["transcript"] = transcript
+        self._note_items()
         self.record.note_input_transcript(committed.item_id, transcript)
 
     def _release_held_transcriptions(self) -> None:
@@ -437,6 +443,7 @@ class RealtimeSession:
         if plan.in_conversation:
             previous_item_id = self._items[-1]["id"] if self._items else None
             self._items.append(item)
+            self._note_items()
             await self._send(
                 server_event("conversation.item.added", previous_item_id=previous_item_id, item=item)
             )
@@ -565,6 +572,10 @@ class RealtimeSession:
     def _replace_item(self, item: dict[str, Any]) -> None:
         ids = [existing.get("id") for existing in self._items]
         self._items[ids.index(item["id"])] = item
+        self._note_items()
+
+    def _note_items(self) -> None:
+        self.record.items = [_item_summary(item) for item in self._items]
 
     def _previous_item_id(self, item_id: str) -> str | None:
         ids = [item.get("id") for item in self._items]
@@ -591,6 +602,28 @@ async def _wait_until(cancel: asyncio.Event, delay: float) -> None:
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(cancel.wait(), delay)
+
+
+def _refuse_assistant_audio(item: dict[str, Any]) -> None:
+    """As the service does: an assistant message's parts must carry text; audio cannot be replayed."""
+    if item.get("role") != "assistant":
+        return
+    for index, part in enumerate(item["content"]):
+        if part.get("type") == "output_audio":
+            param = f"item.content[{index}].text"
+            raise RequestError("missing_required_parameter", f"Missing required parameter: '{param}'.", param)
+
+
+def _item_summary(item: dict[str, Any]) -> dict[str, Any]:
+    """An item as the sessions route shows it: audio as its length and digest, not its bytes."""
+    content = []
+    for part in item.get("content", []):
+        shown = {name: value for name, value in part.items() if name != "audio"}
+        if isinstance(part.get("audio"), str):
+            audio = base64.b64decode(part["audio"])
+            shown.update(audio_bytes=len(audio), audio_sha256=hashlib.sha256(audio).hexdigest())
+        content.append(shown)
+    return {"id": item.get("id"), "type": item.get("type"), "role": item.get("role"), "content": content}
 
 
 def _message_text(item: dict[str, Any]) -> str:
