@@ -4,7 +4,7 @@ service lives in the `realtime_speech` package."""
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from realtime_speech import http
+from realtime_speech import chat_api, http
 
 app = func.FunctionApp()
 
@@ -12,6 +12,16 @@ app = func.FunctionApp()
 @app.route(route="speech", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def speech(req: Request) -> Response:
     return await http.speech(req)
+
+
+@app.route(route="v1/chat/completions", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def chat_completions(req: Request) -> Response:
+    return await chat_api.chat_completions(req)
+
+
+@app.route(route="v1/models", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def models(req: Request) -> Response:
+    return await chat_api.models(req)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

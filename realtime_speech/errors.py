@@ -47,6 +47,10 @@ class InvalidRequest(ServiceError):
     status, code, title = 400, "invalid-request", "The request is not valid"
 
 
+class ContextTooLong(InvalidRequest):
+    code, title = "context-length-exceeded", "The conversation does not fit the model's context"
+
+
 class PayloadTooLarge(ServiceError):
     status, code, title = 413, "payload-too-large", "The request body is too large"
 

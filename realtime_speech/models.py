@@ -29,6 +29,7 @@ VOICES: tuple[str, ...] = Voice.__args__
 MAX_TEXT_CHARS = 4_000
 MAX_INSTRUCTIONS_CHARS = 4_000
 MAX_BODY_BYTES = 64 * 1024
+MAX_OUTPUT_TOKENS = 4096  # the most a realtime response speaks
 
 
 def _not_blank(value: str) -> str:
@@ -68,7 +69,7 @@ class SpeechRequest(BaseModel):
     voice: Voice | None = None
     format: OutputFormatName | None = None
     speed: float | None = Field(None, ge=0.25, le=1.5)
-    max_output_tokens: int | None = Field(None, ge=1, le=4096)
+    max_output_tokens: int | None = Field(None, ge=1, le=MAX_OUTPUT_TOKENS)
 
     @model_validator(mode="after")
     def _one_question(self) -> SpeechRequest:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -27,10 +28,11 @@ from . import incidents, telemetry
 from .answer import Answering, AnswerStream, AudioFile, EventChannel, QuestionFile
 from .audio_input import SpokenQuestion, decode_question
 from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, PCM_SESSION_FORMAT, OutputFormat
-from .errors import DeadlineExceeded, InvalidRequest, PayloadTooLarge, ServiceError
+from .errors import ContextTooLong, DeadlineExceeded, InvalidRequest, PayloadTooLarge, ServiceError
 from .idempotency import Claim, IdempotencyKeys
 from .identity import app_credential, openai_token_provider
 from .models import (
+    MAX_OUTPUT_TOKENS,
     AnswerReference,
     Conversation,
     HistoryTurn,
@@ -52,6 +54,13 @@ T = TypeVar("T")
 CLEANUP_SECONDS = 5.0
 # An earlier spoken turn goes to the session as one event, which must stay under 15 MiB (base64).
 MAX_TURN_AUDIO_SECONDS = 150.0
+# The model's context (gpt-realtime: 32,768 tokens), less a margin for the estimate's error.
+CONTEXT_TOKENS = 32_000
+# The estimate of a conversation's size: text at 4 characters a token (rounded up), each item's own
+# tokens, and input audio at 10 tokens a second.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_ITEM = 8
+AUDIO_TOKENS_PER_SECOND = 10
 # An answer's audio id: the date path and name of its stored file ("audio_" yyyymmdd hex32).
 _AUDIO_ID = re.compile(r"audio_(\d{4})(\d{2})(\d{2})([0-9a-f]{32})")
 # The audio facts a caller is told before the first byte (`speech.started`).
@@ -91,6 +100,8 @@ class SpeechService:
             cooldown_seconds=settings.azure_openai_circuit_cooldown_seconds,
         )
         self.credential = credential
+        self.started = int(datetime.now(UTC).timestamp())
+        """When the service was made (Unix seconds)."""
         self._keys = IdempotencyKeys(store)
 
     @classmethod
@@ -205,7 +216,7 @@ class SpeechService:
             if conversation.question_param is not None:
                 _require_pcm(spoken, conversation.question_param)
         history = await self._turns(conversation.history)
-        self._check_conversation_audio(history, spoken)
+        audio_seconds = self._check_conversation_audio(history, spoken)
         output = OUTPUT_FORMATS[request.format or DEFAULT_OUTPUT_FORMAT]
         voice = VoiceRequest(
             text=request.text,
@@ -220,6 +231,8 @@ class SpeechService:
             input_transcript_grace_seconds=settings.input_transcript_grace_seconds,
             history=history,
         )
+        if conversation.history or conversation.instructions:
+            _check_context(voice, audio_seconds)
         return Question(voice, output, spoken)
 
     async def _turns(self, history: Sequence[HistoryTurn]) -> tuple[Turn, ...]:
@@ -229,8 +242,9 @@ class SpeechService:
         resolved = iter(await asyncio.gather(*(self._part(part) for part in parts)))
         return tuple(Turn(turn.role, tuple(next(resolved) for _ in turn.content)) for turn in history)
 
-    def _check_conversation_audio(self, history: Sequence[Turn], spoken: SpokenQuestion | None) -> None:
-        """All the audio of a conversation together stays within AUDIO_INPUT_MAX_SECONDS."""
+    def _check_conversation_audio(self, history: Sequence[Turn], spoken: SpokenQuestion | None) -> float:
+        """All the audio of a conversation together stays within AUDIO_INPUT_MAX_SECONDS; returns
+        how long it is."""
         pcm = sum(len(part) for turn in history for part in turn.content if isinstance(part, bytes))
         seconds = pcm / (PCM16_24KHZ_MONO.sample_rate * 2) + (spoken.duration_seconds if spoken else 0.0)
         limit = self.settings.audio_input_max_seconds
@@ -239,6 +253,7 @@ class SpeechService:
                 f"The conversation's audio lasts {seconds:.1f} s; at most {limit:g} s are accepted.",
                 param="messages",
             )
+        return seconds
 
     async def _part(self, part: str | SpokenPart | AnswerReference) -> str | bytes:
         if isinstance(part, str):
@@ -432,6 +447,25 @@ def _record_of_audio_id(value: str) -> str | None:
     """The record's blob name of an audio id (None when it is not one of ours)."""
     match = _AUDIO_ID.fullmatch(value)
     return None if match is None else "{}/{}/{}/{}.json".format(*match.groups())
+
+
+def _check_context(voice: VoiceRequest, audio_seconds: float) -> None:
+    """Refuse a conversation that cannot fit the model's context with its longest answer (estimated,
+    see CONTEXT_TOKENS), before any session is paid for."""
+    texts = [voice.instructions, voice.text or ""]
+    texts += [part for turn in voice.history for part in turn.content if isinstance(part, str)]
+    text_tokens = sum(-(-len(text) // CHARS_PER_TOKEN) for text in texts)
+    items = len(voice.history) + 1
+    answer = voice.max_output_tokens or MAX_OUTPUT_TOKENS
+    needed = (
+        text_tokens + items * TOKENS_PER_ITEM + math.ceil(audio_seconds * AUDIO_TOKENS_PER_SECOND) + answer
+    )
+    if needed > CONTEXT_TOKENS:
+        raise ContextTooLong(
+            f"The conversation needs about {needed} tokens with its answer ({answer} tokens at most); "
+            f"the model's context holds {CONTEXT_TOKENS}. Send fewer or shorter messages.",
+            param="messages",
+        )
 
 
 async def _naming(param: str | None, work: Awaitable[T]) -> T:
