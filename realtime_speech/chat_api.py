@@ -50,6 +50,7 @@ async def chat_completions(req: Request) -> Response:
             outcome.request_id,
             outcome.timeline,
             events=chat.stream,
+            audio_type=chat.audio_type,
             conversation=chat.conversation,
         )
         completion, created = openai_chat.completion_id(), openai_chat.now()

@@ -151,10 +151,12 @@ class SpeechResult(SpeechRecord):
 
 @dataclass(frozen=True)
 class SpokenPart:
-    """An audio file in a conversation (WAV or MP3 as received); `param` says where it was sent."""
+    """An audio file in a conversation as received, its media type as declared; `param` says where it
+    was sent."""
 
     data: bytes
     param: str
+    content_type: str
 
 
 @dataclass(frozen=True)

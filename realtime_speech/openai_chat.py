@@ -42,7 +42,7 @@ MAX_BODY_TEXT_BYTES = 6 * MAX_TOTAL_TEXT_CHARS + 64 * 1024
 
 # What this app's format names are for OpenAI's.
 FORMATS = {"wav": "wav", "mp3": "mp3", "pcm16": "wav"}
-INPUT_AUDIO_FORMATS = ("wav", "mp3")
+INPUT_AUDIO_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 # Accepted and honoured.
 HONOURED = frozenset(
     {
@@ -126,6 +126,8 @@ class ChatRequest:
     conversation: Conversation
     format: str
     """OpenAI's audio format: wav, mp3 or pcm16."""
+    audio_type: str | None = None
+    """The media type of a spoken question, as declared."""
     stream: bool = False
     include_usage: bool = False
 
@@ -164,9 +166,11 @@ def parse_chat_request(body: bytes, deployments: Sequence[str], audio_max_bytes:
     n = document.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n != 1):
         raise ChatError("`n` must be 1: one realtime response gives one choice.", "n", "unsupported_value")
-    instructions, history, question, question_param = _messages(document.get("messages"))
+    instructions, history, question, spoken_question = _messages(document.get("messages"))
     spoken = [part for turn in history for part in turn.content if isinstance(part, SpokenPart)]
-    audio_bytes = sum(len(part.data) for part in spoken) + len(question.get("audio", b""))
+    if spoken_question is not None:
+        spoken.append(spoken_question)
+    audio_bytes = sum(len(part.data) for part in spoken)
     if audio_bytes > audio_max_bytes:
         raise ChatError(
             f"The messages hold {audio_bytes} bytes of audio; at most {audio_max_bytes} are accepted.",
@@ -177,8 +181,10 @@ def parse_chat_request(body: bytes, deployments: Sequence[str], audio_max_bytes:
     speech = SpeechRequest.model_validate(
         {**question, "voice": voice, "format": FORMATS[fmt], "max_output_tokens": max_tokens}, strict=False
     )
+    question_param = spoken_question.param if spoken_question else None
     conversation = Conversation(instructions, tuple(history), model, question_param)
-    return ChatRequest(model, speech, conversation, fmt, stream, include_usage)
+    audio_type = spoken_question.content_type if spoken_question else None
+    return ChatRequest(model, speech, conversation, fmt, audio_type, stream, include_usage)
 
 
 def _strict_json(body: bytes) -> Any:
@@ -322,9 +328,9 @@ class _Messages:
 
 def _messages(
     messages: Any,
-) -> tuple[str | None, list[HistoryTurn], dict[str, Any], str | None]:
+) -> tuple[str | None, list[HistoryTurn], dict[str, Any], SpokenPart | None]:
     """Instructions (system and developer text, joined), the earlier turns, the question (the last
-    message, a user's) and where its audio was."""
+    message, a user's) and its audio when it is spoken."""
     if not isinstance(messages, list) or not messages:
         raise ChatError("`messages` must be a non-empty array.", "messages", "missing_required_parameter")
     if len(messages) > MAX_MESSAGES:
@@ -344,16 +350,18 @@ def _messages(
             "messages",
             "string_above_max_length",
         )
-    question, param, before = _question(last, len(messages) - 1)
+    question, spoken, before = _question(last, len(messages) - 1)
     if before is not None:
         gathered.turns.append(before)
-    return instructions, gathered.turns, question, param
+    return instructions, gathered.turns, question, spoken
 
 
 def _message(gathered: _Messages, message: Any, where: str) -> None:
     if not isinstance(message, dict):
         raise ChatError("A message must be an object.", where, "invalid_type")
     role = message.get("role")
+    if role not in ("system", "developer", "user", "assistant"):
+        raise ChatError("`role` must be system, developer, user or assistant.", f"{where}.role")
     allowed = {"role", "content", "name"} | ({"audio", "refusal"} if role == "assistant" else set())
     unknown = message.keys() - allowed
     if unknown:
@@ -365,10 +373,8 @@ def _message(gathered: _Messages, message: Any, where: str) -> None:
         gathered.instructions.append(_plain_text(gathered, content, where))
     elif role == "user":
         gathered.turns.append(HistoryTurn("user", tuple(_user_parts(gathered, content, where))))
-    elif role == "assistant":
-        gathered.turns.append(HistoryTurn("assistant", (_assistant_part(gathered, message, where),)))
     else:
-        raise ChatError("`role` must be system, developer, user or assistant.", f"{where}.role")
+        gathered.turns.append(HistoryTurn("assistant", (_assistant_part(gathered, message, where),)))
 
 
 def _plain_text(gathered: _Messages, content: Any, where: str) -> str:
@@ -409,7 +415,7 @@ def _user_parts(gathered: _Messages, content: Any, where: str) -> Iterator[str |
 def _spoken(value: Any, param: str) -> SpokenPart:
     if not isinstance(value, dict) or value.keys() != {"data", "format"}:
         raise ChatError("`input_audio` takes `data` (base64) and `format`.", param)
-    if value["format"] not in INPUT_AUDIO_FORMATS:
+    if value["format"] not in INPUT_AUDIO_TYPES:
         raise ChatError("`input_audio.format` must be wav or mp3.", f"{param}.format")
     try:
         data = base64.b64decode(value["data"], validate=True) if isinstance(value["data"], str) else None
@@ -417,7 +423,7 @@ def _spoken(value: Any, param: str) -> SpokenPart:
         data = None
     if not data:
         raise ChatError("`input_audio.data` must be base64 (RFC 4648, with padding).", f"{param}.data")
-    return SpokenPart(data, f"{param}.data")
+    return SpokenPart(data, f"{param}.data", INPUT_AUDIO_TYPES[value["format"]])
 
 
 def _assistant_part(gathered: _Messages, message: Mapping[str, Any], where: str) -> str | AnswerReference:
@@ -447,7 +453,7 @@ def _question(last: HistoryTurn, index: int) -> tuple[dict[str, Any], str | None
     if spoken:
         question = spoken[-1]
         rest = tuple(part for part in last.content if part is not question)
-        return {"audio": question.data}, question.param, (HistoryTurn("user", rest) if rest else None)
+        return {"audio": question.data}, question, (HistoryTurn("user", rest) if rest else None)
     text = "\n".join(part for part in last.content if isinstance(part, str))
     if not text.strip():
         raise ChatError("The last user message is empty.", f"messages[{index}].content")

@@ -56,9 +56,9 @@ CLEANUP_SECONDS = 5.0
 MAX_TURN_AUDIO_SECONDS = 150.0
 # The model's context (gpt-realtime: 32,768 tokens), less a margin for the estimate's error.
 CONTEXT_TOKENS = 32_000
-# The estimate of a conversation's size: text at 4 characters a token (rounded up), each item's own
-# tokens, and input audio at 10 tokens a second.
-CHARS_PER_TOKEN = 4
+# The estimate of a conversation's size: text at 3 characters a token (rounded up; English averages
+# about 4, other languages fewer), each item's own tokens, and input audio at 10 tokens a second.
+CHARS_PER_TOKEN = 3
 TOKENS_PER_ITEM = 8
 AUDIO_TOKENS_PER_SECOND = 10
 # An answer's audio id: the date path and name of its stored file ("audio_" yyyymmdd hex32).

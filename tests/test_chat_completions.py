@@ -16,11 +16,22 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
-from openai import AsyncOpenAI, OpenAI
+from openai import (
+    APIError,
+    APIStatusError,
+    AsyncOpenAI,
+    BadRequestError,
+    InternalServerError,
+    NotFoundError,
+    OpenAI,
+    RateLimitError,
+)
 
 from devtools.realtime_emulator import synthesize
 from devtools.stack import DEPLOYMENT_NAME
 
+from .audio_corpus import encode, speech_like
+from .conftest import SpeechHost
 from .speech_client import SpeechClient
 from .test_speech_api import parse_wav, unique_text
 from .test_speech_formats import best_correlation
@@ -176,3 +187,342 @@ async def test_models_lists_each_deployment(client: AsyncOpenAI) -> None:
     models = [model async for model in client.models.list()]
     assert [model.id for model in models] == [DEPLOYMENT_NAME]
     assert models[0].object == "model" and isinstance(models[0].created, int)
+
+
+# --- conversations -------------------------------------------------------------------------------------
+
+
+async def test_three_turns_send_earlier_answers_back_by_id_and_as_text(
+    speech: SpeechClient, client: AsyncOpenAI
+) -> None:
+    system = {"role": "system", "content": "Answer briefly."}
+    first_text, second_text, third_text = unique_text("First,"), unique_text("Second,"), unique_text("Third,")
+    turn = ask(first_text)
+    turn["messages"] = [system, *turn["messages"]]
+    first = (await client.chat.completions.create(**turn)).choices[0].message
+    turn["messages"] += [
+        {"role": "assistant", "audio": {"id": first.audio.id}},
+        {"role": "user", "content": second_text},
+    ]
+    second = (await client.chat.completions.create(**turn)).choices[0].message
+    turn["messages"] += [
+        {"role": "assistant", "content": second.audio.transcript},
+        {"role": "user", "content": [{"type": "text", "text": third_text}]},
+    ]
+    third = (await client.chat.completions.create(**turn)).choices[0].message
+
+    session = await speech.emulator_session(third_text)
+    assert third.audio.transcript == session["transcript"] == third_text  # the answer to the last question
+    assert session["session"]["instructions"] == "Answer briefly."
+    said = [
+        (item["role"], item["content"][0].get("text") or item["content"][0].get("transcript"))
+        for item in session["items"]
+    ]
+    assert said == [
+        ("user", first_text),
+        ("assistant", first.audio.transcript),
+        ("user", second_text),
+        ("assistant", second.audio.transcript),
+        ("user", third_text),
+        ("assistant", third.audio.transcript),
+    ]
+    kinds = [item["content"][0]["type"] for item in session["items"]]
+    assert kinds == ["input_text", "output_text", "input_text", "output_text", "input_text", "output_audio"]
+
+
+async def test_a_spoken_user_turn_is_heard(speech: SpeechClient, client: AsyncOpenAI) -> None:
+    earlier = (await client.chat.completions.create(**ask(unique_text("Say back")))).choices[0].message
+    wav = base64.b64decode(earlier.audio.data)
+    spoken = {"type": "input_audio", "input_audio": {"data": earlier.audio.data, "format": "wav"}}
+    before = {"type": "text", "text": "Listen:"}
+    arguments = ask("unused")
+    arguments["messages"] = [
+        {"role": "user", "content": [spoken]},  # an earlier spoken turn
+        {"role": "assistant", "content": "Heard."},
+        {"role": "user", "content": [before, spoken]},  # the question
+    ]
+    completion = await client.chat.completions.create(**arguments)
+    heard = earlier.audio.transcript
+    assert completion.choices[0].message.audio.transcript == heard  # the emulator repeats what it heard
+    [session] = [s for s in await speech.emulator_sessions() if s["input_audio"] and s["user_text"] == heard]
+    _, pcm = parse_wav(wav)
+    history = session["items"][0]["content"][0]
+    assert (history["type"], history["audio_bytes"], history["audio_sha256"]) == (
+        "input_audio",
+        len(pcm),
+        hashlib.sha256(pcm).hexdigest(),
+    )
+    assert [item["content"][0].get("text") for item in session["items"][1:3]] == ["Heard.", "Listen:"]
+    [entry] = session["input_audio"]
+    assert entry["heard"] == entry["transcript"] == heard and entry["bytes"] == len(pcm)
+
+
+# --- refusals --------------------------------------------------------------------------------------------
+
+
+def with_messages(*messages: dict[str, Any], **options: Any) -> dict[str, Any]:
+    return {**ask("unused", **options), "messages": list(messages)}
+
+
+USER = {"role": "user", "content": "Hello."}
+NOT_AUDIO = base64.b64encode(b"this is not audio at all" * 10).decode()
+UNKNOWN_ID = "audio_20260101" + "0" * 32
+G711 = base64.b64encode(encode(speech_like(1.0, 8_000), 8_000, "WAV", "ULAW")).decode()
+FLAC = base64.b64encode(encode(speech_like(1.0, 16_000), 16_000, "FLAC", "PCM_16")).decode()
+
+
+def spoken_message(data: str, fmt: str = "wav") -> dict[str, Any]:
+    return {
+        "role": "user",
+        "content": [{"type": "input_audio", "input_audio": {"data": data, "format": fmt}}],
+    }
+
+
+LONG = "word " * 780  # 3900 characters
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status", "param"),
+    [
+        pytest.param({**ask("x"), "modalities": ["text"]}, 400, "modalities", id="text-only"),
+        pytest.param(
+            {k: v for k, v in ask("x").items() if k != "modalities"}, 400, "modalities", id="no-modalities"
+        ),
+        pytest.param({k: v for k, v in ask("x").items() if k != "audio"}, 400, "audio", id="no-audio"),
+        pytest.param(ask("x", audio={"voice": "fable", "format": "wav"}), 400, "audio.voice", id="voice"),
+        pytest.param(ask("x", audio={"voice": "alloy", "format": "flac"}), 400, "audio.format", id="format"),
+        pytest.param(ask("x", stream=True), 400, "audio.format", id="stream-wav"),
+        pytest.param(ask("x", n=2), 400, "n", id="n"),
+        pytest.param(
+            ask("x", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools", id="tools"
+        ),
+        pytest.param(
+            ask("x", response_format={"type": "json_object"}), 400, "response_format", id="format-json"
+        ),
+        pytest.param(ask("x", logprobs=True), 400, "logprobs", id="logprobs"),
+        pytest.param(ask("x", stop=["."]), 400, "stop", id="stop"),
+        pytest.param(ask("x", stream_options={"include_usage": True}), 400, "stream_options", id="options"),
+        pytest.param(ask("x", extra_body={"frobnicate": 1}), 400, "frobnicate", id="unknown"),
+        pytest.param(ask("x", model="gpt-unknown"), 404, "model", id="model"),
+        pytest.param(ask("x", max_completion_tokens=5000), 400, "max_completion_tokens", id="tokens"),
+        pytest.param(with_messages(), 400, "messages", id="no-messages"),
+        pytest.param(with_messages(*[USER] * 101), 400, "messages", id="too-many"),
+        pytest.param(
+            with_messages(USER, {"role": "assistant", "content": "Hi."}), 400, "messages[1].role", id="last"
+        ),
+        pytest.param(
+            with_messages({"role": "tool", "content": "x", "tool_call_id": "1"}),
+            400,
+            "messages[0].role",
+            id="tool",
+        ),
+        pytest.param(
+            with_messages({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}),
+            400,
+            "messages[0].content[0]",
+            id="image",
+        ),
+        pytest.param(
+            with_messages(
+                {
+                    "role": "user",
+                    "content": [{"type": "input_audio", "input_audio": {"data": "@@", "format": "wav"}}],
+                }
+            ),
+            400,
+            "messages[0].content[0].input_audio.data",
+            id="base64",
+        ),
+        pytest.param(
+            with_messages(
+                {
+                    "role": "user",
+                    "content": [{"type": "input_audio", "input_audio": {"data": NOT_AUDIO, "format": "wav"}}],
+                }
+            ),
+            400,
+            "messages[0].content[0].input_audio.data",
+            id="not-audio",
+        ),
+        pytest.param(
+            with_messages(USER, {"role": "assistant", "audio": {"id": UNKNOWN_ID}}, USER),
+            400,
+            "messages[1].audio.id",
+            id="unknown-id",
+        ),
+        pytest.param(
+            with_messages(USER, {"role": "assistant", "audio": {"id": "audio_../../x"}}, USER),
+            400,
+            "messages[1].audio.id",
+            id="malformed-id",
+        ),
+        pytest.param(
+            with_messages(spoken_message(G711)), 400, "messages[0].content[0].input_audio.data", id="g711"
+        ),
+        pytest.param(
+            with_messages(spoken_message(FLAC)), 400, "messages[0].content[0].input_audio.data", id="flac"
+        ),
+        pytest.param(
+            with_messages({"role": "user", "content": "x" * 4001}),
+            400,
+            "messages[0].content",
+            id="long-question",
+        ),
+        pytest.param(
+            with_messages(*[{"role": "user", "content": LONG}] * 26),
+            413,
+            "messages[25].content",
+            id="text-limit",
+        ),
+        pytest.param(with_messages(*[{"role": "user", "content": LONG}] * 25), 400, "messages", id="context"),
+    ],
+)
+async def test_a_bad_request_names_its_param_and_opens_no_session(
+    speech: SpeechClient, client: AsyncOpenAI, arguments: dict[str, Any], status: int, param: str
+) -> None:
+    before = (await speech.emulator_stats())["connections_total"]
+    with pytest.raises(APIStatusError) as raised:
+        await client.chat.completions.create(**arguments)
+    error = raised.value
+    assert (error.status_code, error.body["param"]) == (status, param), error.body
+    assert set(error.body) == {"message", "type", "param", "code"}
+    assert error.response.headers["x-should-retry"] == "false"
+    assert isinstance(
+        error, NotFoundError if status == 404 else (BadRequestError if status == 400 else APIStatusError)
+    )
+    assert (await speech.emulator_stats())["connections_total"] == before
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        pytest.param(b'{"model": "gpt-realtime", "max_tokens": NaN}', "application/json", 400, id="nan"),
+        pytest.param(b'{"model": "gpt-realtime", "model": "other"}', "application/json", 400, id="duplicate"),
+        pytest.param(b'{"a": ' * 30 + b"1" + b"}" * 30, "application/json", 400, id="depth"),
+        pytest.param(b'{"a": ' * 5000 + b"1" + b"}" * 5000, "application/json", 400, id="recursion"),
+        pytest.param(b'{"model": ', "application/json", 400, id="truncated"),
+        pytest.param(b"[]", "application/json", 400, id="not-an-object"),
+        pytest.param(b'{"model": "gpt-realtime"}', "text/plain", 415, id="media-type"),
+    ],
+)
+async def test_a_body_that_is_not_strict_json_is_refused(
+    speech: SpeechClient, body: bytes, content_type: str, status: int
+) -> None:
+    before = (await speech.emulator_stats())["connections_total"]
+    url = f"{speech.host_url}/api/v1/chat/completions"
+    async with speech.http.post(url, data=body, headers={"Content-Type": content_type}) as response:
+        assert response.status == status
+        error = (await response.json())["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert (await speech.emulator_stats())["connections_total"] == before
+
+
+# --- upstream failures and callers who leave -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "retry_after"),
+    [(429, RateLimitError, 1), (503, InternalServerError, 1)],
+)
+async def test_a_refused_handshake_is_its_documented_status_with_retry_headers(
+    speech: SpeechClient, client: AsyncOpenAI, status: int, error_type: type[APIStatusError], retry_after: int
+) -> None:
+    await speech.refuse_handshakes(status, 4, retry_after=retry_after)
+    try:
+        with pytest.raises(error_type) as raised:
+            await client.chat.completions.create(**ask(unique_text()))
+    finally:
+        await speech.refuse_handshakes(status, 0)  # none left, also when the request stopped early
+    response = raised.value.response
+    assert response.status_code == status
+    assert response.headers["x-should-retry"] == "true"
+    assert int(response.headers["retry-after-ms"]) == 1000 * int(response.headers["Retry-After"]) > 0
+    assert raised.value.body["type"] == ("rate_limit_error" if status == 429 else "server_error")
+
+
+@pytest.mark.parametrize("scenario", ["error_mid", "drop"])
+async def test_a_model_failure_is_a_502_or_an_error_event_mid_stream(
+    speech: SpeechClient, client: AsyncOpenAI, scenario: str
+) -> None:
+    before = await speech.blob_names()
+    with pytest.raises(InternalServerError) as raised:
+        await client.chat.completions.create(**ask(f"[[emulator:{scenario}]] {unique_text()}"))
+    assert raised.value.status_code == 502 and raised.value.body["code"] == "upstream_failed"
+    stream = await client.chat.completions.create(
+        **ask(
+            f"[[emulator:{scenario}]] {unique_text()}",
+            audio={"voice": "alloy", "format": "pcm16"},
+            stream=True,
+        )
+    )
+    received = []
+    with pytest.raises(APIError, match=r"model|realtime") as failed:
+        async for chunk in stream:
+            received.append(chunk)
+    assert received and received[0].choices[0].delta.role == "assistant"  # the stream had begun
+    assert failed.value.body["code"] == "upstream_failed"
+    await speech.assert_sessions_closed()
+    assert await speech.blob_names() == before
+
+
+async def test_a_caller_who_leaves_mid_stream_cancels_the_answer_and_commits_nothing(
+    speech: SpeechClient, client: AsyncOpenAI
+) -> None:
+    text = f"[[emulator:slow pace=1 seconds=30]] {unique_text('Leave while I talk about')}"
+    before = await speech.blob_names()
+    stream = await client.chat.completions.create(
+        **ask(text, audio={"voice": "alloy", "format": "pcm16"}, stream=True)
+    )
+    async for chunk in stream:
+        if chunk.choices[0].delta.audio.to_dict().get("data"):
+            break
+    await stream.close()
+    await speech.assert_sessions_closed()
+    session = await speech.emulator_session(text)
+    assert "response.cancel" in session["client_event_types"]
+    assert await speech.blob_names() == before
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def limited(speech_host: SpeechHost) -> AsyncIterator[SpeechClient]:
+    """A host that takes at most 64 KiB and 1 s of audio."""
+    async with speech_host(AUDIO_INPUT_MAX_BYTES=str(64 * 1024), AUDIO_INPUT_MAX_SECONDS="1") as host:
+        yield host
+
+
+async def test_the_audio_and_body_limits_hold_for_all_messages_together(limited: SpeechClient) -> None:
+    short = encode(speech_like(0.6, 24_000), 24_000, "WAV", "PCM_16")  # 28.8 kB, 0.6 s
+    long = encode(speech_like(1.5, 8_000), 8_000, "WAV", "PCM_16")  # 24 kB, 1.5 s
+    cases = [
+        (
+            with_messages(spoken_message(base64.b64encode(long).decode())),
+            413,
+            "messages[0].content[0].input_audio.data",
+        ),
+        (with_messages(*[spoken_message(base64.b64encode(short).decode())] * 3), 413, "messages"),  # 86 kB
+        (
+            with_messages(
+                spoken_message(base64.b64encode(short).decode()),
+                USER,
+                spoken_message(base64.b64encode(short).decode()),
+            ),
+            413,
+            "messages",
+        ),  # 1.2 s
+    ]
+    before = (await limited.emulator_stats())["connections_total"]
+    async with AsyncOpenAI(base_url=f"{limited.host_url}/api/v1", api_key="unused", max_retries=0) as client:
+        for arguments, status, param in cases:
+            with pytest.raises(APIStatusError) as raised:
+                await client.chat.completions.create(**arguments)
+            assert (raised.value.status_code, raised.value.body["param"]) == (status, param), (
+                raised.value.body
+            )
+    url = f"{limited.host_url}/api/v1/chat/completions"
+    oversized = b'{"model": "' + b"x" * 900_000 + b'"}'
+    async with limited.http.post(
+        url, data=oversized, headers={"Content-Type": "application/json"}
+    ) as response:
+        assert response.status == 413
+        assert (await response.json())["error"]["code"] == "payload_too_large"
+    assert (await limited.emulator_stats())["connections_total"] == before
