@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import pydantic_core
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -74,6 +75,17 @@ class SpeechRequest(BaseModel):
         if (self.text is None) == (self.audio is None):
             raise ValueError("give exactly one of text and audio")
         return self
+
+    @staticmethod
+    def json_without_audio(body: bytes) -> bool:
+        """Whether `body` is JSON without `audio` (absent or null at its top level), the kind of body
+        held to MAX_BODY_BYTES. A body that is not JSON is not judged here: its parse error is what
+        is wrong with it, whatever its size (it may be a cut-off spoken question)."""
+        try:
+            value = pydantic_core.from_json(body)
+        except ValueError:
+            return False
+        return not isinstance(value, dict) or value.get("audio") is None
 
     def fingerprint(self) -> str:
         """What the request asks, as a digest: equal for bodies that differ only in layout."""
