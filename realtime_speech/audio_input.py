@@ -238,10 +238,18 @@ def _g711_question(data: bytes, layout: WavLayout, max_seconds: float) -> Spoken
 
 
 def _check_ogg(data: bytes) -> None:
-    """An Ogg stream carries Vorbis or Opus, its pages are whole and the last one ends the stream."""
+    """An Ogg stream's pages are whole, it carries Vorbis or Opus and its last page ends the stream.
+    The pages come first: the codec of a broken stream cannot be told."""
+    last_flags = _last_ogg_page_flags(data)
     codec = _ogg_codec(data)
     if codec not in ("Vorbis", "Opus"):
         raise UnsupportedMediaType(f"Ogg audio encoded as {codec} is not supported: send Ogg Vorbis or Opus.")
+    if not last_flags & 0x04:
+        raise InvalidRequest("The Ogg audio is truncated: it ends without its end-of-stream page.")
+
+
+def _last_ogg_page_flags(data: bytes) -> int:
+    """The header flags of the last Ogg page, once every page is found whole."""
     position = flags = 0
     while position < len(data):
         if data[position : position + 4] != b"OggS" or position + 27 > len(data):
@@ -251,8 +259,7 @@ def _check_ogg(data: bytes) -> None:
         if page_end > len(data):
             raise InvalidRequest("The Ogg audio is truncated: its last page is cut short.")
         flags, position = data[position + 5], page_end
-    if not flags & 0x04:
-        raise InvalidRequest("The Ogg audio is truncated: it ends without its end-of-stream page.")
+    return flags
 
 
 def _ogg_codec(data: bytes) -> str:

@@ -326,6 +326,9 @@ def bad_inputs(max_seconds: float = 5.0) -> list[BadAudio]:
         BadAudio("flac-unknown-length", _without_flac_length(flac), "audio/flac", InvalidRequest, "length"),
         BadAudio("flac-truncated", flac[: len(flac) // 2], "audio/flac", InvalidRequest, "FLAC"),
         BadAudio("ogg-truncated", vorbis[: len(vorbis) * 9 // 10], "audio/ogg", InvalidRequest, "truncated"),
+        # broken before its codec can be told: broken (400), not an unknown codec (415)
+        BadAudio("ogg-garbage", b"OggS" + noise, "audio/ogg", InvalidRequest, "The Ogg audio is"),
+        BadAudio("ogg-cut-in-first-page", vorbis[:20], None, InvalidRequest, "malformed"),
         BadAudio(
             "ogg-no-frames",
             encode(np.zeros((0, 1), np.float32), 16_000, "OGG", "VORBIS"),
