@@ -10,7 +10,6 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import pydantic_core
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -18,6 +17,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
     model_serializer,
     model_validator,
 )
@@ -29,6 +30,7 @@ VOICES: tuple[str, ...] = Voice.__args__
 MAX_TEXT_CHARS = 4_000
 MAX_INSTRUCTIONS_CHARS = 4_000
 MAX_BODY_BYTES = 64 * 1024
+_ANY_JSON = TypeAdapter(Any)
 
 
 def _not_blank(value: str) -> str:
@@ -82,8 +84,8 @@ class SpeechRequest(BaseModel):
         held to MAX_BODY_BYTES. A body that is not JSON is not judged here: its parse error is what
         is wrong with it, whatever its size (it may be a cut-off spoken question)."""
         try:
-            value = pydantic_core.from_json(body)
-        except ValueError:
+            value = _ANY_JSON.validate_json(body)
+        except ValidationError:
             return False
         return not isinstance(value, dict) or value.get("audio") is None
 
