@@ -7,9 +7,11 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -526,3 +528,42 @@ async def test_the_audio_and_body_limits_hold_for_all_messages_together(limited:
         assert response.status == 413
         assert (await response.json())["error"]["code"] == "payload_too_large"
     assert (await limited.emulator_stats())["connections_total"] == before
+
+
+# --- the openai npm package ------------------------------------------------------------------------------
+
+NODE_CLIENT = Path(__file__).with_name("chat_completions_client.mjs")
+
+
+async def test_the_openai_npm_package_gets_the_models_audio(speech: SpeechClient) -> None:
+    text = unique_text("From node,")
+    node = await asyncio.create_subprocess_exec(
+        "node",
+        str(NODE_CLIENT),
+        f"{speech.host_url}/api/v1",
+        DEPLOYMENT_NAME,
+        text,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(120):
+            out, err = await node.communicate()
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+    assert node.returncode == 0, err.decode()
+    created, streamed = (json.loads(line) for line in out.decode().splitlines())
+    sessions = [s for s in await speech.emulator_sessions() if s["user_text"] == text]
+    assert len(sessions) == 2 and sessions[0]["audio_sha256"] == sessions[1]["audio_sha256"]
+    session = sessions[0]
+    for answer in (created, streamed):
+        assert answer["completion_id"].startswith("chatcmpl-") and answer["finish_reason"] == "stop"
+        assert AUDIO_ID.fullmatch(answer["id"]) and answer["transcript"] == session["transcript"] == text
+        assert time.time() < answer["expires_at"] < time.time() + 2 * 3600
+    wav = base64.b64decode(created["data"])
+    _, pcm = parse_wav(wav)
+    assert hashlib.sha256(pcm).hexdigest() == session["audio_sha256"]
+    assert await speech.download(created["url"]) == wav
+    assert base64.b64decode(streamed["data"]) == pcm  # the pieces joined by the stream helper
