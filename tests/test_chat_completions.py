@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -567,3 +568,43 @@ async def test_the_openai_npm_package_gets_the_models_audio(speech: SpeechClient
     assert hashlib.sha256(pcm).hexdigest() == session["audio_sha256"]
     assert await speech.download(created["url"]) == wav
     assert base64.b64decode(streamed["data"]) == pcm  # the pieces joined by the stream helper
+
+
+# --- the README's examples -------------------------------------------------------------------------------
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def readme_example(name: str, base_url: str) -> str:
+    """The code block after `<!-- example: name -->` in the README, pointed at `base_url`."""
+    match = re.search(rf"<!-- example: {name} -->\n```\w+\n(.*?)```", README.read_text(), re.DOTALL)
+    assert match, name
+    return match[1].replace("http://localhost:7071/api/v1", base_url)
+
+
+@pytest.mark.parametrize(
+    ("name", "command"),
+    [("chat-python", (sys.executable, "-c")), ("chat-javascript", ("node", "--input-type=module", "-e"))],
+)
+async def test_the_readmes_client_examples_run_as_written(
+    speech: SpeechClient, tmp_path: Path, name: str, command: tuple[str, ...]
+) -> None:
+    code = readme_example(name, f"{speech.host_url}/api/v1")
+    # node resolves packages from the working directory's node_modules; the example's files go to tmp_path
+    cwd = tmp_path if name == "chat-python" else Path(__file__).parents[1]
+    process = await asyncio.create_subprocess_exec(
+        *command, code, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(120):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()
+    printed = out.decode()
+    assert "Tell me about the sea." in printed and "And rivers?" in printed  # the emulator's answers
+    if name == "chat-python":
+        assert parse_wav((tmp_path / "answer.wav").read_bytes())[1]
+        assert re.search(r"\n(\d+) bytes of PCM", printed) and " 0 bytes" not in printed
