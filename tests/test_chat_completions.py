@@ -31,7 +31,7 @@ from openai import (
 )
 
 from devtools.realtime_emulator import synthesize
-from devtools.stack import DEPLOYMENT_NAME
+from devtools.stack import DEPLOYMENT_NAME, Stack
 
 from .audio_corpus import encode, speech_like
 from .conftest import SpeechHost
@@ -608,3 +608,49 @@ async def test_the_readmes_client_examples_run_as_written(
     if name == "chat-python":
         assert parse_wav((tmp_path / "answer.wav").read_bytes())[1]
         assert re.search(r"\n(\d+) bytes of PCM", printed) and " 0 bytes" not in printed
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def two_models(stack: Stack, speech_host: SpeechHost) -> AsyncIterator[SpeechClient]:
+    """A pool of two deployments on the emulator: `gpt-realtime` first by priority, `gpt-realtime-mini`."""
+    backends = [
+        {"name": "full", "endpoint": stack.openai_endpoint, "deployment": "gpt-realtime", "priority": 1},
+        {"name": "mini", "endpoint": stack.openai_endpoint, "deployment": "gpt-realtime-mini", "priority": 2},
+    ]
+    settings = {"AZURE_OPENAI_BACKENDS": json.dumps(backends), "AZURE_OPENAI_ENDPOINT": None}
+    async with speech_host(**settings) as host:
+        yield host
+
+
+async def test_each_deployment_is_a_model_answered_only_by_its_backends(two_models: SpeechClient) -> None:
+    async with AsyncOpenAI(
+        base_url=f"{two_models.host_url}/api/v1", api_key="unused", max_retries=0
+    ) as client:
+        listed = [model.id async for model in client.models.list()]
+        texts = {model: unique_text(f"Ask {model}") for model in listed}
+        for model, text in texts.items():
+            completion = await client.chat.completions.create(**{**ask(text), "model": model})
+            assert completion.model == model
+    assert listed == ["gpt-realtime", "gpt-realtime-mini"]
+    for model, text in texts.items():
+        assert (await two_models.emulator_session(text))["model"] == model
+
+
+async def test_max_completion_tokens_cuts_the_answer_with_finish_reason_length(
+    speech: SpeechClient, client: AsyncOpenAI
+) -> None:
+    text = unique_text("Cut me short while you talk about")
+    ignored = {"temperature": 0.7, "seed": 7, "user": "someone", "metadata": {"k": "v"}, "top_p": 0.9}
+    raw = await client.chat.completions.with_raw_response.create(
+        **ask(text, max_completion_tokens=5, **ignored), extra_headers={"x-request-id": "chat-cut-1"}
+    )
+    assert raw.headers["x-request-id"] == "chat-cut-1"
+    completion = raw.parse()
+    session = await speech.emulator_session(text)
+    assert session["session"]["max_output_tokens"] == 5
+    assert session["response_status"] == "incomplete"
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].message.audio.transcript == session["transcript"]
