@@ -43,6 +43,9 @@ MAX_KEY_LIFETIME = timedelta(days=7)
 # 256 KiB read buffer and the TLS state); aiohttp's default of 100 let bursts keep 60 or more alive.
 # A request holds a connection only while one storage call is under way, two at most at a time.
 MAX_STORAGE_CONNECTIONS = 32
+# A stored file is read in GETs of at most this much (the SDK's defaults, 32 MiB for the first GET and
+# 4 MiB after it, would hold a whole 10-minute WAV in memory at once).
+READ_PIECE_BYTES = 1024 * 1024
 
 
 def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> BlobServiceClient:
@@ -51,7 +54,8 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
     The SDK's default retry waits about 15, 18 and 24 s between attempts, so an outage would use up
     the request's deadline (a 504) instead of answering 503 in a few seconds. Here: two retries about
     a second apart (full jitter), 5 s to connect, 30 s for a response (a whole block included), and
-    at most `MAX_STORAGE_CONNECTIONS` connections. Call it from the event loop that will use it.
+    at most `MAX_STORAGE_CONNECTIONS` connections, and reads of `READ_PIECE_BYTES` at a time. Call it
+    from the event loop that will use it.
     """
     # The session the SDK would make, with a bounded connection pool.
     session = aiohttp.ClientSession(
@@ -67,6 +71,8 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
         retry_policy=NotedRetry(backoff=1, random_jitter_range=1, retry_total=2),
         connection_timeout=5,
         read_timeout=30,
+        max_single_get_size=READ_PIECE_BYTES,
+        max_chunk_get_size=READ_PIECE_BYTES,
     )
 
 
