@@ -35,6 +35,7 @@ from .records import MIB, ConcurrencyRun, Plan, PoolThroughputRun, Process, Resu
 from .registry import (
     AUDIO_DECODING,
     BACKEND_POOL,
+    CHAT_COMPLETIONS,
     COLD_START,
     CONCURRENCY,
     FIRST_AUDIO,
@@ -81,6 +82,8 @@ QUICK = Plan(
     pool_window_seconds=5.0,
     telemetry_pairs=4,
     telemetry_rounds=1,
+    chat_rounds=2,
+    chat_long_seconds=60.0,
 )
 
 R = TypeVar("R", bound=Process)
@@ -226,6 +229,19 @@ def measure_all(workers: Workers, stack: Stack, plan: Plan) -> Runs:
         ],
         backend_pool=pool_runs(workers, stack, plan),
         telemetry=telemetry_runs(workers, stack, plan),
+        chat_completions=[
+            _hosted_step(
+                workers,
+                CHAT_COMPLETIONS,
+                with_pid=True,
+                seconds=plan.first_audio_seconds,
+                pace=plan.pace,
+                rounds=plan.chat_rounds,
+                history_turns=plan.chat_history_turns,
+                short_seconds=plan.chat_short_seconds,
+                long_seconds=plan.chat_long_seconds,
+            )
+        ],
     )
 
 

@@ -128,6 +128,39 @@ def test_first_audio_compares_medians_and_leaves_failures_out() -> None:
     assert summary.sse_minus_json_total == 0.0
 
 
+def _chat_sample(kind: records.ChatKind, first: float | None, ok: bool = True) -> records.ChatSample:
+    return records.ChatSample(kind=kind, round=0, first_audio_ms=first, ok=ok)
+
+
+def test_chat_completions_compare_medians_and_the_long_answers_extra_growth() -> None:
+    measured = records.ChatCompletions(
+        seconds=10.0,
+        pace=1.0,
+        history_turns=10,
+        samples=[
+            _chat_sample("chat", 40.0),
+            _chat_sample("chat", 44.0),
+            _chat_sample("chat", None, ok=False),
+            _chat_sample("sse", 41.0),
+            _chat_sample("bare", 38.0),
+            _chat_sample("chat_history", 52.0),
+        ],
+        short_seconds=10.0,
+        short_before_rss=100 * records.MIB,
+        short_peak_rss=104 * records.MIB,
+        long_seconds=600.0,
+        long_before_rss=101 * records.MIB,
+        long_peak_rss=113 * records.MIB,
+        long_body_bytes=38 * records.MIB,
+    )
+    process = records.Process(settings={}, spawned_epoch=0.0, import_ms=0.0, import_peak_rss=0)
+    summary = summaries.chat_summary(records.merge(records.ChatCompletionsRun, measured, process))
+    assert summary.failures == 1
+    assert summary.minus_bare("chat") == 4.0 and summary.minus_bare("sse") == 3.0
+    assert summary.history_cost == 10.0
+    assert summary.long_over_short == 8 * records.MIB
+
+
 def test_pool_scaling_is_the_throughput_ratio_over_all_rounds(results: records.Results) -> None:
     runs = results.backend_pool
     one = [run for run in runs if run.backends == 1]
@@ -180,6 +213,7 @@ def test_an_older_results_json_without_the_new_benchmarks_still_loads_and_render
         "audio_decoding",
         "backend_pool",
         "telemetry",
+        "chat_completions",
     ):
         del data[name]
     older = records.parse(records.Results, data)
