@@ -117,8 +117,10 @@ Limits
 
 Control routes (same port)
     ``POST /_emulator/handshake-faults`` ``{"status": 401|403|429|500|503, "count": N, "retry_after": S}``
-    refuses the next N handshakes. ``GET /_emulator/sessions`` lists session records (see
-    :class:`~devtools.realtime_emulator.session.SessionRecord`; credentials are never recorded);
+    refuses the next N handshakes; ``POST /_emulator/scenario-faults`` ``{"scenario": NAME, "count": N}``
+    starts the next N admitted connections under that response scenario. ``GET /_emulator/sessions``
+    lists session records (see :class:`~devtools.realtime_emulator.session.SessionRecord`; credentials
+    are never recorded);
     ``DELETE /_emulator/sessions`` clears them; ``GET /_emulator/sessions/{id}/input_audio`` returns
     the raw bytes of the session's last committed input audio (``?item_id=`` another one; 404 when
     none). ``GET /_emulator/quota`` gives ``{"max_sessions", "requests_per_minute", "open_sessions",

@@ -27,6 +27,7 @@ scenario parameters:
 
 control routes on the same port:
   POST   /_emulator/handshake-faults  {{"status": 429, "count": N, "retry_after": S}}
+  POST   /_emulator/scenario-faults   {{"scenario": "error_mid", "count": N}}
   GET    /_emulator/sessions          session records (no credentials)
   DELETE /_emulator/sessions
   GET    /_emulator/sessions/ID/input_audio  raw bytes of the last committed input audio (?item_id=)
