@@ -121,8 +121,8 @@ Control routes (same port)
     starts the next N admitted connections under that response scenario. ``GET /_emulator/sessions``
     lists session records (see :class:`~devtools.realtime_emulator.session.SessionRecord`; credentials
     are never recorded); ``DELETE /_emulator/sessions`` clears them;
-    ``GET /_emulator/sessions/{id}/input_audio`` returns the raw bytes of the session's last committed input audio (``?item_id=`` another one; 404 when
-    none). ``GET /_emulator/quota`` gives ``{"max_sessions", "requests_per_minute", "open_sessions",
+    ``GET /_emulator/sessions/{id}/input_audio`` returns the raw bytes of the session's last committed
+    input audio (``?item_id=`` another one; 404 when none). ``GET /_emulator/quota`` gives ``{"max_sessions", "requests_per_minute", "open_sessions",
     "admitted_last_minute"}``; ``POST /_emulator/quota`` ``{"max_sessions": N, "requests_per_minute":
     M}`` sets the fields given (null: no limit). ``GET /_emulator/admissions`` lists every handshake's
     outcome: ``{"time" (Unix seconds), "outcome": "admitted"|"refused", "status" (101 when admitted),
