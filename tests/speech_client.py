@@ -155,6 +155,12 @@ class SpeechClient:
         async with self.http.post(f"{self.emulator_url}/_emulator/handshake-faults", json=fault) as response:
             assert response.status == 200, await response.text()
 
+    async def script_sessions(self, scenario: str, count: int) -> None:
+        """Make the emulator's next `count` sessions follow `scenario` (e.g. `error_mid`)."""
+        fault = {"scenario": scenario, "count": count}
+        async with self.http.post(f"{self.emulator_url}/_emulator/scenario-faults", json=fault) as response:
+            assert response.status == 200, await response.text()
+
     async def assert_sessions_closed(self) -> None:
         """Within 5 s the emulator has no connection open: the app closed every one it opened."""
         for _ in range(100):
