@@ -15,6 +15,7 @@ In-process (async tests)::
         proxy.lose_responses("PUT", "/idempotency/", count=1)
         ...
         proxy.lost  # ["PUT /devstoreaccount1/audio/idempotency/....json"]
+        proxy.requests  # every request forwarded, the same way
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ class HttpsProxy:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._rules: list[LossRule] = []
+        self.requests: list[str] = []
+        """Every request forwarded, as method and target ("GET /devstoreaccount1/audio/..."), in order."""
         self.lost: list[str] = []
-        """The start lines of the requests whose responses were lost, in order."""
+        """The requests whose responses were lost, the same way, in order."""
 
     @property
     def port(self) -> int:
@@ -116,6 +119,7 @@ class HttpsProxy:
             return
         try:
             while (request := await _read_message(reader)) is not None:
+                self.requests.append(request.start_line.rsplit(" ", 1)[0])
                 target_writer.write(request.raw)
                 await target_writer.drain()
                 response = await _read_message(target_reader, request.start_line.split(" ", 1)[0])

@@ -1,11 +1,14 @@
-"""Failures after the commit, provoked between the app and Blob Storage: the app's storage account URL
-points at an HTTPS proxy in front of Azurite (`devtools.https_proxy`) that can let a request land and
-lose its response, as a connection dropped on the way back would.
+"""Blob Storage seen from between the app and Azurite: the app's storage account URL points at an
+HTTPS proxy (`devtools.https_proxy`) that shows every request and can let a request land and lose its
+response, as a connection dropped on the way back would. Failures after the commit, and the
+user-delegation keys the app asks for.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
 import pytest
@@ -85,3 +88,29 @@ async def test_a_keep_that_fails_after_its_write_landed_leaves_nothing(
     assert "Idempotent-Replayed" not in headers
     assert await behind_proxy.download(body["audio_url"])
     assert await sessions_asked(behind_proxy, text) == 2
+
+
+def sas_time(url: str, field: str) -> datetime:
+    return datetime.fromisoformat(parse_qs(urlsplit(url).query)[field][0])
+
+
+async def test_urls_of_seven_days_download_and_share_one_key_asked_for_less_than_seven_days(
+    speech_host: SpeechHost, storage_proxy: HttpsProxy
+) -> None:
+    """At the longest URL lifetime, the key is asked for with a margin under Storage's 7-day limit
+    from a start a few minutes in the past, and signs every URL of its window (one key, not one per URL)."""
+    url = azurite.account_url(storage_proxy.port)
+    async with speech_host(AUDIO_STORAGE_ACCOUNT_URL=url, AUDIO_URL_TTL_MINUTES="10080") as week:
+        requests_before = len(storage_proxy.requests)
+        answers = [await week.post({"text": unique_text()}) for _ in range(2)]
+        asked = datetime.now(UTC)
+        for status, body, _ in answers:
+            assert status == 200, body
+            assert await week.download(body["audio_url"])
+            assert sas_time(body["audio_url"], "skt") <= asked - timedelta(minutes=4)
+            key_expiry = sas_time(body["audio_url"], "ske")
+            assert key_expiry - asked < timedelta(days=7) - timedelta(minutes=30)
+            expires_at = datetime.fromisoformat(body["expires_at"])
+            assert expires_at <= key_expiry and expires_at - asked > timedelta(days=6, hours=22)
+        key_requests = [r for r in storage_proxy.requests[requests_before:] if "comp=userdelegationkey" in r]
+        assert len(key_requests) == 1
