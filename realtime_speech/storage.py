@@ -70,10 +70,15 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
         account_url,
         credential=credential,
         transport=AioHttpTransport(session=session, session_owner=True),
-        retry_policy=NotedRetry(backoff=1, random_jitter_range=1, retry_total=2),
+        retry_policy=fast_failing_retry(),
         connection_timeout=5,
         read_timeout=30,
     )
+
+
+def fast_failing_retry() -> NotedRetry:
+    """Two retries about a second apart (full jitter), each failed attempt noted (see `NotedRetry`)."""
+    return NotedRetry(backoff=1, random_jitter_range=1, retry_total=2)
 
 
 class NotedRetry(LinearRetry):

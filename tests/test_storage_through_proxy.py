@@ -13,10 +13,18 @@ from uuid import uuid4
 
 import pytest
 import pytest_asyncio
+from azure.identity.aio import ManagedIdentityCredential
+from azure.storage.blob.aio import BlobServiceClient
 
 from devtools import azurite
 from devtools.https_proxy import HttpsProxy
-from devtools.stack import Stack
+from devtools.stack import AUDIO_CONTAINER, DEPLOYMENT_NAME, Stack
+from realtime_speech.errors import StorageUnavailable
+from realtime_speech.models import SpeechRequest, Timeline
+from realtime_speech.realtime import RealtimeBackend, realtime_client
+from realtime_speech.service import SpeechService
+from realtime_speech.settings import Settings
+from realtime_speech.storage import AudioStore, fast_failing_retry
 
 from .conftest import SpeechHost
 from .speech_client import SpeechClient, assert_problem
@@ -114,3 +122,57 @@ async def test_urls_of_seven_days_download_and_share_one_key_asked_for_less_than
             assert expires_at <= key_expiry and expires_at - asked > timedelta(days=6, hours=22)
         key_requests = [r for r in storage_proxy.requests[requests_before:] if "comp=userdelegationkey" in r]
         assert len(key_requests) == 1
+
+
+class LaterClock:
+    """The local clock, moved ahead by `ahead`."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+
+async def test_a_delegation_key_refused_after_the_commit_leaves_nothing(
+    stack: Stack,
+    identity_credential: ManagedIdentityCredential,
+    storage_proxy: HttpsProxy,
+    behind_proxy: SpeechClient,
+) -> None:
+    """The service in this process, its clock an injected one: the answer is committed, then its URL
+    needs the next hour's delegation key, which storage never answers. The 503 leaves nothing."""
+    url = azurite.account_url(storage_proxy.port)
+    settings = Settings(azure_openai_endpoint=stack.openai_endpoint, audio_storage_account_url=url)
+    clock = LaterClock()
+    verify = str(stack.ca_file)  # this process cannot take the test CA from SSL_CERT_FILE
+    blob_service = BlobServiceClient(
+        url, credential=identity_credential, connection_verify=verify, retry_policy=fast_failing_retry()
+    )
+    store = AudioStore(
+        blob_service, AUDIO_CONTAINER, settings.audio_block_size_bytes, timedelta(hours=1), clock
+    )
+    backend = RealtimeBackend(
+        "default", realtime_client(stack.openai_endpoint, None, identity_credential), DEPLOYMENT_NAME
+    )
+    service = SpeechService(settings, store, [backend], identity_credential)
+    try:
+        await store.ready()  # the container and this hour's key
+        blobs_before = await behind_proxy.blob_names()
+        requests_before = len(storage_proxy.requests)
+        clock.ahead = timedelta(hours=2)
+        storage_proxy.lose_responses("POST", "comp=userdelegationkey", count=EVERY_ATTEMPT)
+        text = unique_text()
+        try:
+            answering = await service.start(SpeechRequest(text=text), "key-refused", Timeline())
+            with pytest.raises(StorageUnavailable, match="delegation key"):
+                await answering.result()
+        finally:
+            storage_proxy.deliver_responses()
+        assert await behind_proxy.blob_names() == blobs_before
+        assert (await behind_proxy.emulator_session(text))["response_status"] == "completed"
+        audio = [r.split(" ")[0] for r in storage_proxy.requests[requests_before:] if r.endswith(".wav")]
+        assert audio == ["PUT", "DELETE"]  # committed, then deleted
+    finally:
+        await backend.close()
+        await blob_service.close()
