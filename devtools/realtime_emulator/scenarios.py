@@ -30,7 +30,7 @@ RESPONSE_SCENARIOS = {
     "transcript_late": "input audio transcription sent delay=S seconds (default 0.5) after response.done",
     "transcript_never": "no input audio transcription events at all",
 }
-HANDSHAKE_STATUSES = (401, 403, 429, 500, 503)
+HANDSHAKE_STATUSES = (401, 403, 404, 429, 500, 503)
 HANDSHAKE_SCENARIOS = {f"handshake_{status}": status for status in HANDSHAKE_STATUSES}
 CUT_SCENARIOS = frozenset({"error_mid", "drop", "stall", "incomplete", "failed", "cancelled"})
 CANCEL_REASONS = ("client_cancelled", "turn_detected")
