@@ -9,25 +9,36 @@ the group it goes to the backend with the fewest sessions in flight relative to 
 (in flight / weight, handshakes in progress included); ties are broken at random in proportion to
 weight, so sequential traffic spreads by weight and concurrent traffic evens out the load.
 
-Rate limits. A handshake refused with 429 makes the backend *cooling* until its Retry-After
-(`DEFAULT_COOLING_SECONDS`, 5 s, when it gave none); a cooling backend is not chosen.
+Rate limits. A handshake refused with 429 makes the backend *cooling* until its `retry-after-ms`
+or `Retry-After` (`DEFAULT_COOLING_SECONDS`, 1 s, when it gave neither); a cooling backend is not
+chosen.
 
-Circuit. A 5xx, a refused or a timed-out connection is a failure; a successful handshake resets the
-count. After `AZURE_OPENAI_CIRCUIT_FAILURES` (default 3) consecutive failures the backend's circuit
-is *open* for `AZURE_OPENAI_CIRCUIT_COOLDOWN_SECONDS` (default 30): no request tries it. Then it is
-*half-open*: exactly one real request goes to it as a probe while others skip it; the probe's success
-closes the circuit, its failure opens it again for another cool-down. A 401/403 or any other error
-leaves the circuit as it was.
+Circuit. A 5xx, a refused or a timed-out connection is a failure; so is a 404 (the deployment is
+missing) or a 403 (the app's identity lacks the role on that resource) at the handshake: those say
+that this backend is misconfigured, so each is logged as a warning naming the backend and the cause.
+A successful handshake resets the count. After `AZURE_OPENAI_CIRCUIT_FAILURES` (default 3)
+consecutive failures the backend's circuit is *open* for `AZURE_OPENAI_CIRCUIT_COOLDOWN_SECONDS`
+(default 30): no request tries it. Then it is *half-open*: exactly one real request goes to it as a
+probe while others skip it; the probe's success closes the circuit, its failure opens it again for
+another cool-down. The status names the latest failure counted (`last_failure`) until a success.
+A 401 is the app's own credential (one identity, one token audience for every backend), not one
+backend's fault: it leaves the circuit as it was, as does any other error.
 
 Attempts. A request makes up to `CONNECT_ATTEMPTS` (4) passes over the pool. In a pass it tries the
-available backends in choice order, each at most once, moving on at once after a 429 or a failure.
-Between passes it waits as a single endpoint always did: full-jitter exponential backoff (at most
-0.4, 0.8, 1.6 s), or the endpoint's Retry-After when it asked for one (the shortest asked in the pass);
-no attempt starts, and no wait is made, that would end after the request's deadline. A 401/403
-(`UpstreamAuthFailed`) or any other error that a retry cannot fix is raised at once. When no backend
-is available (each cooling, open or being probed) the request fails at once: 429
-`upstream-rate-limited` if one of them is cooling from a rate limit, else 503 `upstream-unavailable`,
-with Retry-After the time until the first of them is back.
+available backends in choice order, each at most once, moving on at once after a 429 or a 5xx or
+connection failure. Between passes it waits as a single endpoint always did: full-jitter exponential
+backoff (at most 0.4, 0.8, 1.6 s), or the endpoint's Retry-After when it asked for one (the shortest
+asked in the pass), and at least until a backend is available again. 403, 404, 401 and any other
+error that a retry cannot fix are raised at once (a 403 is `upstream-auth-failed`, a 404
+`upstream-failed`): the caller hears what is wrong. No attempt starts, and no wait is made, that
+would end after the request's deadline.
+
+Nothing available. When no backend is available (each cooling, open or being probed), at a
+request's arrival or after a pass, the request waits for the first one to come back if that is within
+`MAX_WAIT_FOR_BACKEND_SECONDS` (2 s) and before its deadline. Otherwise (or when the one it waited
+for went to another request as its probe) it fails at once: 429 `upstream-rate-limited` if one of
+them is cooling from a rate limit, else 503 `upstream-unavailable`, with Retry-After the time until
+the first of them is back.
 
 A pool of one has nowhere to move a session, so it never cools and its circuit never opens: each
 request makes up to 4 attempts with the backoff and Retry-After rules above.
