@@ -106,19 +106,19 @@ class AnswerListener(Protocol):
 
 def session_config(request: VoiceRequest) -> dict[str, Any]:
     """The GA `session.update` payload: the quickstart's configuration, audio out only. A spoken
-    question is sent whole and committed by the app, so it turns server VAD off."""
+    question is sent whole and committed by the app, so it turns server VAD off, and only a spoken
+    question configures input transcription: a text question must not depend on a transcription
+    deployment the backend may not have."""
     pcm = {"type": "audio/pcm", "rate": PCM16_24KHZ_MONO.sample_rate}
-    turn_detection = None if request.input_audio is not None else SERVER_VAD
+    audio_input: dict[str, Any] = {"format": request.input_format or pcm, "turn_detection": SERVER_VAD}
+    if request.input_audio is not None:
+        audio_input |= {"transcription": {"model": request.transcription_model}, "turn_detection": None}
     return {
         "type": "realtime",
         "instructions": request.instructions,
         "output_modalities": ["audio"],
         "audio": {
-            "input": {
-                "format": request.input_format or pcm,
-                "transcription": {"model": request.transcription_model},
-                "turn_detection": turn_detection,
-            },
+            "input": audio_input,
             "output": {"format": request.output_format, "voice": request.voice, "speed": request.speed},
         },
         "max_output_tokens": request.max_output_tokens or "inf",
