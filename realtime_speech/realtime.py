@@ -234,7 +234,8 @@ def connect_error(exc: Exception) -> ServiceError:
             )
         if status == 404:
             return DeploymentNotFound(
-                "The realtime endpoint answered 404: the resource has no deployment of that name."
+                "The realtime endpoint refused the handshake (HTTP 404): the resource has no deployment of "
+                "that name."
             )
         retry_after = _handshake_retry_after(exc)
         if status == 429:
