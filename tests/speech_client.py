@@ -32,6 +32,8 @@ class EventStream:
     events: list[dict[str, Any]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
+    comments_at: list[tuple[int, float]] = field(default_factory=list)
+    """For each comment: how many events came before it, and the seconds after the request."""
     problem: Any = None
 
     @property
@@ -114,6 +116,7 @@ class SpeechClient:
                 line = raw.decode().rstrip("\r\n")
                 if line.startswith(":"):
                     result.comments.append(line[1:].strip())
+                    result.comments_at.append((len(result.events), time.perf_counter() - started))
                 elif line:
                     name, _, value = line.partition(":")
                     fields[name] = value.removeprefix(" ")
