@@ -124,6 +124,10 @@ async def test_a_spoken_question_with_a_repeated_key_is_replayed_and_other_audio
     assert headers["Idempotent-Replayed"] == "true"
     assert without_urls(again) == without_urls(first)
     assert await speech.download(again["input_audio_url"]) == wav
+    as_json = {"audio": base64.b64encode(wav).decode()}  # the same question, sent another way
+    status, in_json, headers = await speech.post(as_json, headers=key)
+    assert status == 200 and headers["Idempotent-Replayed"] == "true", in_json
+    assert in_json["blob_name"] == first["blob_name"]
     assert await spoken_sessions(speech, first_text["transcript"]) == 1
 
     blobs = await speech.blob_names()
