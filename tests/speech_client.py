@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -20,6 +21,8 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from devtools.process import ServiceProcess
 
 Response = tuple[int, Any, "aiohttp.typedefs.LooseHeaders"]
+SUMMARY = re.compile(r" speech (\{.*\})$")
+"""The app's one log line per request; its JSON is the first group."""
 
 
 @dataclass
@@ -141,6 +144,13 @@ class SpeechClient:
         headers = {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2021-08-06"}
         async with self.http.put(url, data=data, headers=headers, ssl=self.tls) as response:
             return response.status
+
+    def log_summaries(self, request_id: str) -> list[dict[str, Any]]:
+        """The `speech {...}` log lines of one request in the host's log, parsed."""
+        assert self.host is not None, "a client of a host started by the tests"
+        lines = self.host.log_path.read_text().splitlines()
+        parsed = [json.loads(match[1]) for line in lines if (match := SUMMARY.search(line))]
+        return [summary for summary in parsed if summary["request_id"] == request_id]
 
     async def emulator_sessions(self) -> list[dict[str, Any]]:
         async with self.http.get(f"{self.emulator_url}/_emulator/sessions") as response:

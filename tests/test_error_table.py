@@ -17,7 +17,7 @@ from .conftest import SpeechHost
 from .faulty_function_app import FAULT_SECRET, FAULT_WORD
 from .speech_client import SpeechClient, assert_problem
 from .test_speech_api import unique_text
-from .test_speech_errors import SUMMARY, assert_answers, fails_cleanly, refusals
+from .test_speech_errors import assert_answers, fails_cleanly, refusals
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -30,13 +30,6 @@ async def faulty(speech_host: SpeechHost) -> AsyncIterator[SpeechClient]:
     """The real app with one planted bug (`tests.faulty_function_app`) and a short deadline."""
     async with speech_host(app=FAULTY_APP, REALTIME_TIMEOUT_SECONDS=str(DEADLINE_SECONDS)) as client:
         yield client
-
-
-def request_summaries(client: SpeechClient, request_id: str) -> list[str]:
-    """The `speech {...}` log lines of one request."""
-    assert client.host is not None
-    lines = client.host.log_path.read_text().splitlines()
-    return [line for line in lines if SUMMARY.search(line) and f'"request_id":"{request_id}"' in line]
 
 
 # --- 404 not-found --------------------------------------------------------------------------------------
@@ -63,8 +56,8 @@ async def test_a_bug_inside_the_app_is_a_500_without_its_details_and_commits_not
     session = await faulty.emulator_session(text)
     assert session["audio_bytes"] > 0  # the bug struck in the middle of the answer
     assert "response.cancel" in session["client_event_types"]
-    [summary] = request_summaries(faulty, problem["request_id"])
-    assert '"status":500' in summary and '"error":"internal-error"' in summary
+    [summary] = faulty.log_summaries(problem["request_id"])
+    assert (summary["status"], summary["error"]) == (500, "internal-error")
     log = faulty.host.log_path.read_text()
     assert "planted bug" in log and FAULT_SECRET.removeprefix("sig=") not in log  # logged, redacted
 
@@ -81,8 +74,8 @@ async def test_a_bug_after_the_stream_began_is_a_500_error_event(faulty: SpeechC
     assert FAULT_SECRET not in str(stream.events) and "Traceback" not in str(stream.events)
     await faulty.assert_sessions_closed()
     assert await faulty.blob_names() == before
-    [summary] = request_summaries(faulty, "sse-bug")
-    assert '"status":500' in summary and '"stream":true' in summary
+    [summary] = faulty.log_summaries("sse-bug")
+    assert (summary["status"], summary["error"], summary["stream"]) == (500, "internal-error", True)
     await assert_answers(faulty)
 
 

@@ -35,7 +35,6 @@ from .test_speech_audio_in import (
     received_audio,
     spoken_answer,
 )
-from .test_speech_errors import SUMMARY
 from .test_speech_formats import sas_params
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -45,14 +44,6 @@ UNSIGNED = {"audio_url", "expires_at", "input_audio_url"}
 
 def new_key() -> str:
     return f"promise-{uuid4()}"
-
-
-def summaries(client: SpeechClient, request_id: str) -> list[dict]:
-    """The `speech {...}` log lines of one request, parsed."""
-    assert client.host is not None
-    lines = client.host.log_path.read_text().splitlines()
-    parsed = [json.loads(match[1]) for line in lines if (match := SUMMARY.search(line))]
-    return [summary for summary in parsed if summary["request_id"] == request_id]
 
 
 def without_urls(body: dict) -> dict:
@@ -87,7 +78,7 @@ async def test_a_repeated_key_with_an_event_stream_is_one_speech_done_and_logged
         first.last()["audio_url"]
     )
     assert sum(s["user_text"] == text for s in await speech.emulator_sessions()) == 1
-    [first_line], [again_line] = summaries(speech, first_id), summaries(speech, again_id)
+    [first_line], [again_line] = speech.log_summaries(first_id), speech.log_summaries(again_id)
     assert "replayed" not in first_line and first_line["stream"] is True
     assert again_line["replayed"] is True and again_line["stream"] is True and again_line["status"] == 200
 
@@ -97,7 +88,7 @@ async def test_a_replayed_json_answer_is_logged_as_replayed(speech: SpeechClient
     first_id, again_id = f"json-first-{uuid4().hex}", f"json-again-{uuid4().hex}"
     assert (await speech.post(body, first_id, key))[0] == 200
     assert (await speech.post(body, again_id, key))[2]["Idempotent-Replayed"] == "true"
-    [first_line], [again_line] = summaries(speech, first_id), summaries(speech, again_id)
+    [first_line], [again_line] = speech.log_summaries(first_id), speech.log_summaries(again_id)
     assert "replayed" not in first_line and "stream" not in first_line
     assert again_line["replayed"] is True and again_line["status"] == 200
 
