@@ -104,7 +104,7 @@ async def spoken_sessions(client: SpeechClient, heard: str) -> int:
 async def test_a_spoken_question_with_a_repeated_key_is_replayed_and_other_audio_is_a_422(
     speech: SpeechClient,
 ) -> None:
-    first_text, wav = await spoken_answer(speech)
+    said, wav = await spoken_answer(speech)
     _, other_wav = await spoken_answer(speech)
     key = {"Idempotency-Key": new_key()}
     status, first, headers = await speech.post_raw(wav, "audio/wav", **key)
@@ -119,7 +119,7 @@ async def test_a_spoken_question_with_a_repeated_key_is_replayed_and_other_audio
     status, in_json, headers = await speech.post(as_json, headers=key)
     assert status == 200 and headers["Idempotent-Replayed"] == "true", in_json
     assert in_json["blob_name"] == first["blob_name"]
-    assert await spoken_sessions(speech, first_text["transcript"]) == 1
+    assert await spoken_sessions(speech, said["transcript"]) == 1
 
     blobs = await speech.blob_names()
     sessions = len(await speech.emulator_sessions())
@@ -139,6 +139,7 @@ async def test_a_raw_ogg_body_is_a_spoken_question(speech: SpeechClient, subtype
     assert status == 200, answer
     expected = model_pcm(spoken).tobytes()
     assert await received_audio(speech, answer["session_id"]) == expected
+    assert answer["input_transcript"] == answer["transcript"] == text  # heard through the lossy codec
     assert answer["input_blob_name"].endswith(".question.ogg")
     await assert_question_kept(speech, answer, spoken, "audio/ogg", len(expected) / 48_000)
 
