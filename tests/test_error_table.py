@@ -82,7 +82,7 @@ async def test_a_bug_after_the_stream_began_is_a_500_error_event(faulty: SpeechC
 # --- 502 upstream-failed: a handshake refused with another 4xx ----------------------------------------
 
 
-@pytest.mark.parametrize(("refused", "detail"), [(404, "deployment name"), (400, "HTTP 400")])
+@pytest.mark.parametrize(("refused", "detail"), [(404, "404"), (400, "HTTP 400")])
 async def test_a_handshake_refused_with_another_4xx_is_a_502_not_retried(
     speech: SpeechClient, refused: int, detail: str
 ) -> None:
