@@ -21,8 +21,9 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from devtools.process import ServiceProcess
 
 Response = tuple[int, Any, "aiohttp.typedefs.LooseHeaders"]
-SUMMARY = re.compile(r" speech (\{.*\})$")
-"""The app's one log line per request; its JSON is the first group."""
+OUTCOME_LOGGED_WITHIN_SECONDS = 30
+LOG_POLL_SECONDS = 0.05
+OUTCOME_LINE = re.compile(r"\bspeech (\{.*\})$", re.MULTILINE)  # realtime_speech.http.Outcome.record
 
 
 @dataclass
@@ -145,12 +146,20 @@ class SpeechClient:
         async with self.http.put(url, data=data, headers=headers, ssl=self.tls) as response:
             return response.status
 
-    def log_summaries(self, request_id: str) -> list[dict[str, Any]]:
-        """The `speech {...}` log lines of one request in the host's log, parsed."""
-        assert self.host is not None, "a client of a host started by the tests"
-        lines = self.host.log_path.read_text().splitlines()
-        parsed = [json.loads(match[1]) for line in lines if (match := SUMMARY.search(line))]
-        return [summary for summary in parsed if summary["request_id"] == request_id]
+    async def request_outcome(self, request_id: str) -> dict[str, Any]:
+        """The host's log line for `request_id` (`speech {...}`), written once that request has ended.
+
+        The log file is read until the line appears (a log has no event to wait on); the bound is a
+        safety net for a busy machine, not a timing limit."""
+        assert self.host is not None, "the client has no host of its own"
+        deadline = time.monotonic() + OUTCOME_LOGGED_WITHIN_SECONDS
+        while True:
+            for logged in OUTCOME_LINE.findall(self.host.log_path.read_text(errors="replace")):
+                outcome = json.loads(logged)
+                if outcome.get("request_id") == request_id:
+                    return outcome
+            assert time.monotonic() < deadline, f"no outcome logged for request {request_id}"
+            await asyncio.sleep(LOG_POLL_SECONDS)
 
     async def emulator_sessions(self) -> list[dict[str, Any]]:
         async with self.http.get(f"{self.emulator_url}/_emulator/sessions") as response:

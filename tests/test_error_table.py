@@ -56,7 +56,7 @@ async def test_a_bug_inside_the_app_is_a_500_without_its_details_and_commits_not
     session = await faulty.emulator_session(text)
     assert session["audio_bytes"] > 0  # the bug struck in the middle of the answer
     assert "response.cancel" in session["client_event_types"]
-    [summary] = faulty.log_summaries(problem["request_id"])
+    summary = await faulty.request_outcome(problem["request_id"])
     assert (summary["status"], summary["error"]) == (500, "internal-error")
     log = faulty.host.log_path.read_text()
     assert "planted bug" in log and FAULT_SECRET.removeprefix("sig=") not in log  # logged, redacted
@@ -74,7 +74,7 @@ async def test_a_bug_after_the_stream_began_is_a_500_error_event(faulty: SpeechC
     assert FAULT_SECRET not in str(stream.events) and "Traceback" not in str(stream.events)
     await faulty.assert_sessions_closed()
     assert await faulty.blob_names() == before
-    [summary] = faulty.log_summaries("sse-bug")
+    summary = await faulty.request_outcome("sse-bug")
     assert (summary["status"], summary["error"], summary["stream"]) == (500, "internal-error", True)
     await assert_answers(faulty)
 

@@ -78,7 +78,7 @@ async def test_a_repeated_key_with_an_event_stream_is_one_speech_done_and_logged
         first.last()["audio_url"]
     )
     assert sum(s["user_text"] == text for s in await speech.emulator_sessions()) == 1
-    [first_line], [again_line] = speech.log_summaries(first_id), speech.log_summaries(again_id)
+    first_line, again_line = await speech.request_outcome(first_id), await speech.request_outcome(again_id)
     assert "replayed" not in first_line and first_line["stream"] is True
     assert again_line["replayed"] is True and again_line["stream"] is True and again_line["status"] == 200
 
@@ -88,7 +88,7 @@ async def test_a_replayed_json_answer_is_logged_as_replayed(speech: SpeechClient
     first_id, again_id = f"json-first-{uuid4().hex}", f"json-again-{uuid4().hex}"
     assert (await speech.post(body, first_id, key))[0] == 200
     assert (await speech.post(body, again_id, key))[2]["Idempotent-Replayed"] == "true"
-    [first_line], [again_line] = speech.log_summaries(first_id), speech.log_summaries(again_id)
+    first_line, again_line = await speech.request_outcome(first_id), await speech.request_outcome(again_id)
     assert "replayed" not in first_line and "stream" not in first_line
     assert again_line["replayed"] is True and again_line["status"] == 200
 
