@@ -22,7 +22,7 @@ from .test_speech_errors import assert_answers, fails_cleanly, refusals
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 FAULTY_APP = "tests.faulty_function_app"
-DEADLINE_SECONDS = 3
+DEADLINE_SECONDS = 4  # short, yet roomy for a normal answer on a busy machine
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
