@@ -93,7 +93,9 @@ async def assert_question_kept(
 ) -> None:
     """The question is stored as sent beside its answer (read-only URL, its content type), and the
     record beside the answer has the same input fields as the answer."""
-    extension = {"audio/wav": ".wav", "audio/flac": ".flac", "audio/mpeg": ".mp3"}[content_type]
+    extension = {"audio/wav": ".wav", "audio/flac": ".flac", "audio/mpeg": ".mp3", "audio/ogg": ".ogg"}[
+        content_type
+    ]
     assert answer["input_blob_name"] == str(
         PurePosixPath(answer["blob_name"]).with_suffix(f".question{extension}")
     )

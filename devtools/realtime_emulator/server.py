@@ -36,6 +36,7 @@ REFUSALS = {
     503: "ServiceUnavailable",
 }
 REFUSAL_MESSAGES = {
+    400: "Invalid request: the realtime handshake could not be processed.",
     401: "Unauthorized. Access token is missing, invalid, audience is incorrect "
     "(https://cognitiveservices.azure.com), or have expired.",
     403: "The principal lacks the required data action "
