@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -20,6 +21,9 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from devtools.process import ServiceProcess
 
 Response = tuple[int, Any, "aiohttp.typedefs.LooseHeaders"]
+OUTCOME_LOGGED_WITHIN_SECONDS = 30
+LOG_POLL_SECONDS = 0.05
+OUTCOME_LINE = re.compile(r"\bspeech (\{.*\})$", re.MULTILINE)  # realtime_speech.http.Outcome.record
 
 
 @dataclass
@@ -32,6 +36,8 @@ class EventStream:
     events: list[dict[str, Any]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
+    comments_at: list[tuple[int, float]] = field(default_factory=list)
+    """For each comment: how many events came before it, and the seconds after the request."""
     problem: Any = None
 
     @property
@@ -114,6 +120,7 @@ class SpeechClient:
                 line = raw.decode().rstrip("\r\n")
                 if line.startswith(":"):
                     result.comments.append(line[1:].strip())
+                    result.comments_at.append((len(result.events), time.perf_counter() - started))
                 elif line:
                     name, _, value = line.partition(":")
                     fields[name] = value.removeprefix(" ")
@@ -138,6 +145,21 @@ class SpeechClient:
         headers = {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2021-08-06"}
         async with self.http.put(url, data=data, headers=headers, ssl=self.tls) as response:
             return response.status
+
+    async def request_outcome(self, request_id: str) -> dict[str, Any]:
+        """The host's log line for `request_id` (`speech {...}`), written once that request has ended.
+
+        The log file is read until the line appears (a log has no event to wait on); the bound is a
+        safety net for a busy machine, not a timing limit."""
+        assert self.host is not None, "the client has no host of its own"
+        deadline = time.monotonic() + OUTCOME_LOGGED_WITHIN_SECONDS
+        while True:
+            for logged in OUTCOME_LINE.findall(self.host.log_path.read_text(errors="replace")):
+                outcome = json.loads(logged)
+                if outcome.get("request_id") == request_id:
+                    return outcome
+            assert time.monotonic() < deadline, f"no outcome logged for request {request_id}"
+            await asyncio.sleep(LOG_POLL_SECONDS)
 
     async def emulator_sessions(self) -> list[dict[str, Any]]:
         async with self.http.get(f"{self.emulator_url}/_emulator/sessions") as response:
