@@ -134,9 +134,9 @@ class Claim:
         return True
 
     def settle_with(self, answering: asyncio.Future[Any]) -> None:
-        """Hand the key to the task that answers it: however that task ends (its answer kept, a
-        failure, the caller leaving, the deadline), the key is settled, so that nobody waits on an owner
-        that is gone and the key leaves the in-flight map."""
+        """Hand the key to the task that answers it: however that task ends, the key is settled (by
+        `keep` when it succeeds; here, when it fails, its caller leaves or the deadline cuts in), so
+        that nobody waits on an owner that is gone and the key leaves the in-flight map."""
         answering.add_done_callback(self._settle_from)
 
     def _settle_from(self, answering: asyncio.Future[Any]) -> None:
@@ -144,8 +144,6 @@ class Claim:
             self.fail(asyncio.CancelledError())
         elif (error := answering.exception()) is not None:
             self.fail(error)
-        elif not self._first.done():  # ended without keeping an answer: a bug, never a wait
-            self.fail(UpstreamFailed("The first request with this Idempotency-Key kept no answer; retry."))
 
     def fail(self, error: BaseException) -> None:
         """The owner could not answer: the requests waiting on the key fail alike (only successes are
