@@ -66,6 +66,8 @@ class HttpsProxy:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._rules: list[LossRule] = []
+        self.connections = 0
+        """Connections accepted so far."""
         self.requests: list[str] = []
         """Every request forwarded, as method and target ("GET /devstoreaccount1/audio/..."), in order."""
         self.lost: list[str] = []
@@ -105,6 +107,7 @@ class HttpsProxy:
         await self.stop()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         connection = asyncio.create_task(self._serve(reader, writer))
         self._connections.add(connection)
         connection.add_done_callback(self._connections.discard)
