@@ -40,7 +40,6 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from devtools.certs import ensure_dev_certs
 from devtools.process import PORT_PLACEHOLDER, REPO_ROOT, ServiceProcess, free_port, http_probe
 from devtools.realtime_emulator import SAMPLE_RATE, encode_audio, hear, heard_text, synthesize
-from devtools.realtime_emulator.speech import espeak_available
 
 API_KEY = "emulator-test-key-" + secrets.token_hex(8)
 AUDIENCE = "https://cognitiveservices.azure.com"
@@ -957,7 +956,6 @@ def test_speed_shortens_the_audio() -> None:
     assert len(fast.pcm) == pytest.approx(len(normal.pcm) / 1.5, rel=0.01)
 
 
-@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 def test_espeak_speaks_the_transcript_as_24khz_pcm() -> None:
     speech = synthesize("This is real speech.", "alloy", engine="espeak")
     assert speech.transcript == "This is real speech."
