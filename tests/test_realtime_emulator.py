@@ -897,6 +897,19 @@ async def test_injected_handshake_faults_refuse_the_next_handshakes(emulator: Em
     assert during["handshake_faults_pending"] is None
 
 
+async def test_stats_can_wait_until_no_session_is_open(emulator: Emulator) -> None:
+    async with connected(emulator):
+        waiting = asyncio.create_task(control(emulator, "GET", "/_emulator/stats?wait_idle=60"))
+        _, during = await control(emulator, "GET", "/_emulator/stats")
+        assert during["connections_open"] >= 1
+        assert not waiting.done(), "answered while a session was open"
+    assert await waiting == (200, {**during, "connections_open": 0})
+    assert await control(emulator, "GET", "/_emulator/stats?wait_idle=soon") == (
+        400,
+        {"error": "wait_idle must be a number of seconds"},
+    )
+
+
 async def test_handshake_fault_requests_are_checked(emulator: Emulator) -> None:
     status, _ = await control(emulator, "POST", "/_emulator/handshake-faults", {"status": 404})
     assert status == 400

@@ -127,7 +127,8 @@ Control routes (same port)
     outcome: ``{"time" (Unix seconds), "outcome": "admitted"|"refused", "status" (101 when admitted),
     "reason" (null, max_sessions, requests_per_minute, handshake_fault, scenario, unauthorized,
     bad_request), "retry_after", "open_sessions" (open when decided)}``; ``DELETE /_emulator/admissions``
-    clears it and the rolling minute. ``GET /_emulator/health``; ``GET /_emulator/stats``.
+    clears it and the rolling minute. ``GET /_emulator/health``; ``GET /_emulator/stats`` (with
+    ``?wait_idle=S`` it answers once no session is open, or after S seconds, whichever comes first).
 """
 
 from .audio_formats import decode_audio, encode_audio
