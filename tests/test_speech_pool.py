@@ -250,8 +250,9 @@ async def test_every_backend_down_is_a_503_with_the_earliest_return(speech_host:
     assert {entry["state"] for entry in health.values()} == {"open"}
 
 
-async def wait_for(read: Callable[[], Awaitable[object]], expected: object, seconds: float = 5.0) -> None:
-    """Poll `await read()` until it returns `expected`."""
+async def wait_for(read: Callable[[], Awaitable[object]], expected: object, seconds: float = 30.0) -> None:
+    """Poll `await read()` until it returns `expected` (the emulator's counters have no event; the
+    bound is a safety net for a busy machine)."""
     for _ in range(int(seconds / POLL_SECONDS)):
         if await read() == expected:
             return

@@ -39,7 +39,7 @@ PHASES = {"connect", "stream", "commit", "sign"}
 MONITOR_AUDIENCES = {"https://monitor.azure.com", "https://monitor.azure.com/"}
 # The storage SDK's own spans (azure-core tracing): `<Client>.<method>`, then its HTTP request.
 STORAGE_CALL = re.compile(r"(BlobServiceClient|ContainerClient|BlobClient)\.\w+")
-EXPORT_TIMEOUT_SECONDS = 15
+EXPORT_TIMEOUT_SECONDS = 30
 
 
 # --- the ingestion stand-in ------------------------------------------------------------------------
