@@ -38,6 +38,8 @@ class EventStream:
     events: list[dict[str, Any]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
+    comments_at: list[tuple[int, float]] = field(default_factory=list)
+    """For each comment: how many events came before it, and the seconds after the request."""
     problem: Any = None
 
     @property
@@ -120,6 +122,7 @@ class SpeechClient:
                 line = raw.decode().rstrip("\r\n")
                 if line.startswith(":"):
                     result.comments.append(line[1:].strip())
+                    result.comments_at.append((len(result.events), time.perf_counter() - started))
                 elif line:
                     name, _, value = line.partition(":")
                     fields[name] = value.removeprefix(" ")
@@ -145,6 +148,21 @@ class SpeechClient:
         async with self.http.put(url, data=data, headers=headers, ssl=self.tls) as response:
             return response.status
 
+    async def request_outcome(self, request_id: str) -> dict[str, Any]:
+        """The host's log line for `request_id` (`speech {...}`), written once that request has ended.
+
+        The log file is read until the line appears (a log has no event to wait on); the bound is a
+        safety net for a busy machine, not a timing limit."""
+        assert self.host is not None, "the client has no host of its own"
+        deadline = time.monotonic() + OUTCOME_LOGGED_WITHIN_SECONDS
+        while True:
+            for logged in OUTCOME_LINE.findall(self.host.log_path.read_text(errors="replace")):
+                outcome = json.loads(logged)
+                if outcome.get("request_id") == request_id:
+                    return outcome
+            assert time.monotonic() < deadline, f"no outcome logged for request {request_id}"
+            await asyncio.sleep(LOG_POLL_SECONDS)
+
     async def emulator_sessions(self) -> list[dict[str, Any]]:
         async with self.http.get(f"{self.emulator_url}/_emulator/sessions") as response:
             assert response.status == 200
@@ -168,21 +186,6 @@ class SpeechClient:
         only a safety net; the emulator answers as soon as its last session ends)."""
         stats = await self.emulator_stats(wait_idle=SESSIONS_CLOSE_WITHIN_SECONDS)
         assert stats["connections_open"] == 0, f"realtime connections left open: {stats}"
-
-    async def request_outcome(self, request_id: str) -> dict[str, Any]:
-        """The host's log line for `request_id` (`speech {...}`), written once that request has ended.
-
-        The log file is read until the line appears (a log has no event to wait on); the bound is a
-        safety net for a busy machine, not a timing limit."""
-        assert self.host is not None, "the client has no host of its own"
-        deadline = time.monotonic() + OUTCOME_LOGGED_WITHIN_SECONDS
-        while True:
-            for logged in OUTCOME_LINE.findall(self.host.log_path.read_text(errors="replace")):
-                outcome = json.loads(logged)
-                if outcome.get("request_id") == request_id:
-                    return outcome
-            assert time.monotonic() < deadline, f"no outcome logged for request {request_id}"
-            await asyncio.sleep(LOG_POLL_SECONDS)
 
     async def emulator_session(self, user_text: str) -> dict[str, Any]:
         """The one emulator session that was asked `user_text`."""

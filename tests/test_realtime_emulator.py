@@ -866,7 +866,10 @@ async def test_unknown_scenario_in_the_query_is_a_bad_request(emulator: Emulator
 # Handshake faults and control routes
 
 
-@pytest.mark.parametrize(("status", "retry_after"), [(429, "1"), (401, None), (500, None), (503, "1")])
+@pytest.mark.parametrize(
+    ("status", "retry_after"),
+    [(429, "1"), (400, None), (401, None), (404, None), (500, None), (503, "1")],
+)
 async def test_handshake_scenarios_refuse_with_their_status(
     emulator: Emulator, status: int, retry_after: str | None
 ) -> None:
@@ -911,7 +914,7 @@ async def test_stats_can_wait_until_no_session_is_open(emulator: Emulator) -> No
 
 
 async def test_handshake_fault_requests_are_checked(emulator: Emulator) -> None:
-    status, _ = await control(emulator, "POST", "/_emulator/handshake-faults", {"status": 404})
+    status, _ = await control(emulator, "POST", "/_emulator/handshake-faults", {"status": 418})
     assert status == 400
 
 
@@ -992,7 +995,7 @@ def test_help_documents_the_scenarios() -> None:
         assert name in result.stdout
     assert "[[emulator:NAME key=value ...]]" in result.stdout
     assert "/_emulator/handshake-faults" in result.stdout
-    for name in ("transcript_late", "transcript_never", "delay="):
+    for name in ("transcript_late", "transcript_never", "transcript_failed", "delay="):
         assert name in result.stdout
     for route in ("/_emulator/quota", "/_emulator/admissions", "/_emulator/sessions/ID/input_audio"):
         assert route in result.stdout
@@ -1300,6 +1303,27 @@ async def test_transcript_never_sends_no_transcription(emulator: Emulator) -> No
     assert not {TRANSCRIPTION_DELTA, COMPLETED} & set(turn.types)
     assert turn.transcript_deltas == AUDIO_QUESTION
     record = await session_record(emulator, created["session"]["id"])
+    assert record["input_audio"][0]["transcript"] is None
+
+
+async def test_transcript_failed_sends_the_failure_instead_of_the_transcription(emulator: Emulator) -> None:
+    instructions = "Answer briefly. [[emulator:transcript_failed]]"
+    async with connected(emulator) as (connection, created):
+        await configure(connection, {**PUSH_TO_TALK, "instructions": instructions})
+        await speak(connection, synthesize(AUDIO_QUESTION).pcm)
+        await connection.response.create()
+        turn = Turn()
+        await collect(connection, turn.events, is_type("response.done"))
+        with pytest.raises(TimeoutError):
+            await collect(connection, turn.events, never, within=0.5)
+    assert not {TRANSCRIPTION_DELTA, COMPLETED} & set(turn.types)
+    failed = turn.last("conversation.item.input_audio_transcription.failed")
+    committed = turn.last("input_audio_buffer.committed")
+    assert (failed["item_id"], failed["content_index"]) == (committed["item_id"], 0)
+    assert failed["error"]["code"] == "audio_unintelligible" and failed["error"]["message"]
+    assert turn.transcript_deltas == AUDIO_QUESTION, "the answer does not depend on the transcription"
+    record = await session_record(emulator, created["session"]["id"])
+    assert record["scenario"] == "transcript_failed"
     assert record["input_audio"][0]["transcript"] is None
 
 

@@ -21,7 +21,7 @@ import soxr
 from devtools.realtime_emulator import synthesize
 from realtime_speech.settings import Settings
 
-from .audio_corpus import BadAudio, bad_inputs
+from .audio_corpus import BadAudio, BadSpokenRequest, bad_inputs, bad_requests
 from .conftest import SpeechHost
 from .speech_client import Response, SpeechClient, assert_problem
 from .test_audio_input import _reference_pcm as model_pcm
@@ -36,6 +36,7 @@ GRACE_SECONDS = 1.0
 DEFAULT_GRACE_SECONDS = Settings.model_fields["input_transcript_grace_seconds"].default
 PCM_24K = {"type": "audio/pcm", "rate": 24_000}
 BAD = bad_inputs(max_seconds=MAX_SECONDS)
+BAD_REQUESTS = bad_requests(max_bytes=MAX_BYTES)
 # Corpus cases whose error comes from the bytes alone, so that they fail the same way as base64 in JSON.
 BAD_AS_JSON_TOO = ("wav-truncated", "flac-garbage", "wav-6-channels", "ogg-truncated", "mulaw-too-long")
 
@@ -51,10 +52,14 @@ async def limited(speech_host: SpeechHost) -> AsyncIterator[SpeechClient]:
         yield client
 
 
-async def post_body(client: SpeechClient, body: bytes, content_type: str, **query: str) -> Response:
-    """POST `body` as `content_type` with `query` parameters (which `SpeechClient.post_raw` has not)."""
+async def post_body(
+    client: SpeechClient, body: bytes, content_type: str, *, headers: Mapping[str, str] = {}, **query: str
+) -> Response:
+    """POST `body` as `content_type` with `query` parameters (which `SpeechClient.post_raw` has not)
+    and `headers`."""
     url = f"{client.host_url}/api/speech"
-    async with client.http.post(url, data=body, headers={"Content-Type": content_type}, params=query) as r:
+    headers = {"Content-Type": content_type, **headers}
+    async with client.http.post(url, data=body, headers=headers, params=query) as r:
         text = await r.text()
         return r.status, json.loads(text) if text else None, r.headers
 
@@ -89,7 +94,9 @@ async def assert_question_kept(
 ) -> None:
     """The question is stored as sent beside its answer (read-only URL, its content type), and the
     record beside the answer has the same input fields as the answer."""
-    extension = {"audio/wav": ".wav", "audio/flac": ".flac", "audio/mpeg": ".mp3"}[content_type]
+    extension = {"audio/wav": ".wav", "audio/flac": ".flac", "audio/mpeg": ".mp3", "audio/ogg": ".ogg"}[
+        content_type
+    ]
     assert answer["input_blob_name"] == str(
         PurePosixPath(answer["blob_name"]).with_suffix(f".question{extension}")
     )
@@ -243,11 +250,14 @@ async def assert_refused_before_any_session(
     status: int,
     code: str,
     query: Mapping[str, str] = {},
+    headers: Mapping[str, str] = {},
 ) -> dict[str, Any]:
     """The body gets its problem, no model session was opened and nothing was written."""
     sessions_before = len(await client.emulator_sessions())
     blobs_before = await client.blob_names()
-    problem = assert_problem(await post_body(client, body, content_type, **query), status, code)
+    problem = assert_problem(
+        await post_body(client, body, content_type, headers=headers, **query), status, code
+    )
     assert len(await client.emulator_sessions()) == sessions_before
     assert await client.blob_names() == blobs_before
     return problem
@@ -272,6 +282,18 @@ async def test_bad_audio_in_json_is_refused_like_the_raw_body(limited: SpeechCli
         limited, body, "application/json", case.status, case.code
     )
     assert case.detail in problem["detail"]
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=lambda case: case.name)
+async def test_a_request_is_refused_for_its_real_problem_before_any_session(
+    limited: SpeechClient, case: BadSpokenRequest
+) -> None:
+    """Neither a large JSON body carrying audio nor a body over its limit hides what else is wrong."""
+    problem = await assert_refused_before_any_session(
+        limited, case.body, case.content_type, case.status, case.code, case.query, case.headers
+    )
+    assert case.detail in problem["detail"]
+    assert "without audio" not in problem["detail"]
 
 
 def _short_loud_wav(size: int) -> bytes:

@@ -98,7 +98,13 @@ Scenarios
                  has ended, then sent ``delay`` seconds later (default 0.5); the answer is normal
     transcript_never
                  no input transcription events for audio committed under it; the answer is normal
-    handshake_401, handshake_403, handshake_429, handshake_500, handshake_503 (query only)
+    transcript_failed
+                 the input transcription of audio committed under it fails:
+                 ``conversation.item.input_audio_transcription.failed`` (``item_id``, ``content_index``
+                 0, ``error`` with code ``audio_unintelligible``) instead of the deltas and
+                 ``.completed``; the answer is normal
+    handshake_400, handshake_401, handshake_403, handshake_404, handshake_429, handshake_500,
+    handshake_503 (query only)
                  the handshake is refused with that status; 429 and 503 carry Retry-After
                  (``retry_after=S``, default 1)
 
@@ -116,7 +122,8 @@ Limits
     ``unsupported_by_emulator`` (a code the service does not have).
 
 Control routes (same port)
-    ``POST /_emulator/handshake-faults`` ``{"status": 401|403|429|500|503, "count": N, "retry_after": S}``
+    ``POST /_emulator/handshake-faults`` ``{"status": 400|401|403|404|429|500|503, "count": N,
+    "retry_after": S}``
     refuses the next N handshakes. ``GET /_emulator/sessions`` lists session records (see
     :class:`~devtools.realtime_emulator.session.SessionRecord`; credentials are never recorded);
     ``DELETE /_emulator/sessions`` clears them; ``GET /_emulator/sessions/{id}/input_audio`` returns

@@ -31,15 +31,19 @@ REFUSALS = {
     400: "BadRequest",
     401: "401",
     403: "PermissionDenied",
+    404: "DeploymentNotFound",
     429: "429",
     500: "InternalServerError",
     503: "ServiceUnavailable",
 }
 REFUSAL_MESSAGES = {
+    400: "Invalid request: the realtime handshake could not be processed.",
     401: "Unauthorized. Access token is missing, invalid, audience is incorrect "
     "(https://cognitiveservices.azure.com), or have expired.",
     403: "The principal lacks the required data action "
     "'Microsoft.CognitiveServices/accounts/OpenAI/deployments/realtime/action' to perform this operation.",
+    404: "The API deployment for this resource does not exist. If you created the deployment within the "
+    "last 5 minutes, please wait a moment and try again.",
     429: "Requests to the Realtime API have exceeded the call rate limit of your current pricing tier. "
     "Please retry after {retry_after} seconds.",
     500: "The server had an error while processing your request. Sorry about that!",
