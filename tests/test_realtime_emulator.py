@@ -867,16 +867,31 @@ async def test_unknown_scenario_in_the_query_is_a_bad_request(emulator: Emulator
 
 
 @pytest.mark.parametrize(
-    ("status", "retry_after"),
-    [(429, "1"), (400, None), (401, None), (404, None), (500, None), (503, "1")],
+    ("status", "retry_after", "retry_after_ms"),
+    [
+        (429, "1", "1000"),
+        (400, None, None),
+        (401, None, None),
+        (404, None, None),
+        (500, None, None),
+        (503, "1", None),
+    ],
 )
 async def test_handshake_scenarios_refuse_with_their_status(
-    emulator: Emulator, status: int, retry_after: str | None
+    emulator: Emulator, status: int, retry_after: str | None, retry_after_ms: str | None
 ) -> None:
     error = await refused(emulator, scenario=f"handshake_{status}")
     assert error.response.status_code == status
     assert error.response.headers.get("Retry-After") == retry_after
+    assert error.response.headers.get("retry-after-ms") == retry_after_ms
     assert json.loads(error.response.body)["error"]["message"]
+
+
+async def test_a_missing_deployment_is_refused_as_azure_refuses_it(emulator: Emulator) -> None:
+    error = await refused(emulator, scenario="handshake_404")
+    body = json.loads(error.response.body)["error"]
+    assert (error.response.status_code, body["code"]) == (404, "DeploymentNotFound")
+    assert "deployment for this resource does not exist" in body["message"]
 
 
 async def test_injected_handshake_faults_refuse_the_next_handshakes(emulator: Emulator) -> None:
@@ -884,11 +899,12 @@ async def test_injected_handshake_faults_refuse_the_next_handshakes(emulator: Em
     status, fault = await control(
         emulator, "POST", "/_emulator/handshake-faults", {"status": 429, "count": 2, "retry_after": 7}
     )
-    assert (status, fault) == (200, {"status": 429, "remaining": 2, "retry_after": 7})
+    assert (status, fault) == (200, {"status": 429, "remaining": 2, "retry_after": 7, "retry_after_ms": 7000})
     for _ in range(2):
         error = await refused(emulator)
         assert error.response.status_code == 429
         assert error.response.headers["Retry-After"] == "7"
+        assert error.response.headers["retry-after-ms"] == "7000"
         assert json.loads(error.response.body)["error"]["code"] == "429"
     async with connected(emulator) as (_, created):
         assert created["session"]["id"]
@@ -913,8 +929,25 @@ async def test_stats_can_wait_until_no_session_is_open(emulator: Emulator) -> No
     )
 
 
-async def test_handshake_fault_requests_are_checked(emulator: Emulator) -> None:
-    status, _ = await control(emulator, "POST", "/_emulator/handshake-faults", {"status": 418})
+async def test_a_handshake_fault_can_ask_for_a_wait_in_milliseconds(emulator: Emulator) -> None:
+    status, fault = await control(
+        emulator, "POST", "/_emulator/handshake-faults", {"status": 429, "count": 1, "retry_after_ms": 250}
+    )
+    assert (status, fault) == (200, {"status": 429, "remaining": 1, "retry_after": 1, "retry_after_ms": 250})
+    error = await refused(emulator)
+    assert (error.response.headers["Retry-After"], error.response.headers["retry-after-ms"]) == ("1", "250")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": 418},
+        {"status": 429, "retry_after": 1, "retry_after_ms": 1000},
+        {"status": 429, "retry_after_ms": -1},
+    ],
+)
+async def test_handshake_fault_requests_are_checked(emulator: Emulator, body: dict[str, int]) -> None:
+    status, _ = await control(emulator, "POST", "/_emulator/handshake-faults", body)
     assert status == 400
 
 
@@ -1508,7 +1541,7 @@ async def test_max_sessions_refuses_a_handshake_while_the_limit_is_open(emulator
         STARTUP_QUOTA["requests_per_minute"],
     )
     assert error.response.status_code == 429
-    assert error.response.headers["Retry-After"] == "1"
+    assert (error.response.headers["Retry-After"], error.response.headers["retry-after-ms"]) == ("1", "1000")
     body = json.loads(error.response.body)
     assert body["error"]["code"] == "429" and "concurrent sessions" in body["error"]["message"]
     assert outcomes(log) == [
@@ -1534,8 +1567,10 @@ async def test_requests_per_minute_refuses_until_the_oldest_leaves_the_minute(em
         async with connected(emulator) as (_, created):
             assert created["session"]["id"]
     retry_after = int(error.response.headers["Retry-After"])
+    retry_after_ms = int(error.response.headers["retry-after-ms"])
     assert error.response.status_code == 429
     assert retry_after == math.ceil(first_admitted + 60 - log[-1]["time"]) and 55 <= retry_after <= 60
+    assert retry_after == math.ceil(retry_after_ms / 1000) and log[-1]["retry_after_ms"] == retry_after_ms
     assert json.loads(error.response.body)["error"]["code"] == "429"
     assert (state["max_sessions"], state["requests_per_minute"], state["admitted_last_minute"]) == (
         None,

@@ -138,6 +138,7 @@ async def assert_answer_heard(
         heard,
     )
     assert session["session"]["audio"]["input"]["turn_detection"] is None
+    assert session["session"]["audio"]["input"]["transcription"] == {"model": "whisper-1"}
     assert await received_audio(client, session["session_id"]) == pcm  # 24 kHz PCM16 mono: as it was
     await assert_question_kept(client, answer, wav, "audio/wav", len(pcm) / 48_000)
 

@@ -250,6 +250,48 @@ async def test_every_backend_down_is_a_503_with_the_earliest_return(speech_host:
     assert {entry["state"] for entry in health.values()} == {"open"}
 
 
+async def test_a_backend_whose_deployment_is_missing_fails_its_callers_as_documented_until_its_circuit_opens(
+    speech_host: SpeechHost, emulator: dict[str, Emulator]
+) -> None:
+    a, b = emulator["a"], emulator["b"]
+    await a.call("POST", "/_emulator/handshake-faults", {"status": 404, "count": 1000})
+    async with speech_host(**pool_settings(missing=(a.url, 1), good=(b.url, 2))) as client:
+        refused = [await client.post(question(f"missing {n}")) for n in range(3)]  # the threshold (3)
+        after = [await answered(client, question(f"after {n}")) for n in range(3)]
+        health = await backends_health(client)
+        log = client.host.log_path.read_text()  # type: ignore[union-attr]
+
+    for outcome in refused:
+        problem = assert_problem(outcome, 502, "upstream-failed")
+        assert "deployment" in problem["detail"], problem
+    assert [answer["backend"] for answer in after] == ["good"] * 3
+    assert [entry["status"] for entry in await a.admissions()] == [404] * 3  # none after the circuit opened
+    missing = health["missing"]
+    assert (missing["state"], missing["consecutive_failures"]) == ("open", 3)
+    assert "deployment" in missing["last_failure"] and health["good"]["state"] == "ok"
+    assert log.count("backend missing is misconfigured") == 3, log
+    assert "circuit open" in log
+
+
+async def test_every_backend_at_quota_for_a_moment_the_request_waits_and_succeeds(
+    speech_host: SpeechHost, emulator: dict[str, Emulator]
+) -> None:
+    a, b = emulator["a"], emulator["b"]
+    for each in (a, b):
+        await each.call(
+            "POST", "/_emulator/handshake-faults", {"status": 429, "count": 1, "retry_after_ms": 300}
+        )
+    async with speech_host(**pool_settings(first=(a.url, 1), second=(b.url, 2))) as client:
+        answer = await answered(client, question("waits"))
+
+    assert answer["backend"] == "first"
+    assert [(entry["outcome"], entry["retry_after_ms"]) for entry in await a.admissions()] == [
+        ("refused", 300),
+        ("admitted", None),
+    ]
+    assert [entry["outcome"] for entry in await b.admissions()] == ["refused"]
+
+
 async def wait_for(read: Callable[[], Awaitable[object]], expected: object, seconds: float = 30.0) -> None:
     """Poll `await read()` until it returns `expected` (the emulator's counters have no event; the
     bound is a safety net for a busy machine)."""
