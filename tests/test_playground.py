@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -34,8 +35,9 @@ from .speech_client import SpeechClient
 from .sse_replay_server import PAGE, SPLIT_FROM_ERROR, TRANSCRIPT, odd_deltas, tone_pcm
 from .test_speech_api import parse_wav, unique_text
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# Installed by `make test` (devtools/prerequisites.py) where apt allows; it names them otherwise.
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -54,6 +56,7 @@ SETTLED = ("done", "error")
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    assert CHROMIUM and CHROMEDRIVER, "chromium and chromedriver: run `python3 -m devtools.prerequisites`"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:

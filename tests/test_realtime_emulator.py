@@ -40,7 +40,6 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from devtools.certs import ensure_dev_certs
 from devtools.process import PORT_PLACEHOLDER, REPO_ROOT, ServiceProcess, free_port, http_probe
 from devtools.realtime_emulator import SAMPLE_RATE, encode_audio, hear, heard_text, synthesize
-from devtools.realtime_emulator.speech import espeak_available
 
 API_KEY = "emulator-test-key-" + secrets.token_hex(8)
 AUDIENCE = "https://cognitiveservices.azure.com"
@@ -315,13 +314,13 @@ async def refused(emulator: Emulator, client: AsyncOpenAI | None = None, **query
 
 
 async def ended_record(emulator: Emulator, session_id: str) -> dict[str, Any]:
-    """The session's record once the emulator has noticed that the connection ended."""
-    for _ in range(250):
-        record = await session_record(emulator, session_id)
-        if record["ended_by"] is not None:
-            return record
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"session {session_id} did not end")
+    """The session's record once the emulator has noticed that the connection ended (it answers
+    `wait_idle` as soon as no session is open; the bound is only a safety net)."""
+    status, stats = await control(emulator, "GET", "/_emulator/stats?wait_idle=30")
+    assert status == 200 and stats["connections_open"] == 0, stats
+    record = await session_record(emulator, session_id)
+    assert record["ended_by"] is not None, f"session {session_id} did not end"
+    return record
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -805,8 +804,8 @@ async def test_rate_limit_answers_with_an_error_instead_of_a_response(emulator: 
 
 
 async def test_slow_paces_audio_against_the_clock(emulator: Emulator) -> None:
-    seconds, pace = 4.0, 10.0
-    elapsed = {}
+    seconds, pace = 4.0, 2.0  # paced: 2 s, against well under 100 ms at full speed
+    elapsed: dict[str, float] = {}
     for scenario in ("normal", "slow"):
         query = {"scenario": scenario, "seconds": str(seconds)} | (
             {"pace": str(pace)} if scenario == "slow" else {}
@@ -816,8 +815,8 @@ async def test_slow_paces_audio_against_the_clock(emulator: Emulator) -> None:
             turn = await ask(connection, SCENARIO_TEXT)
             elapsed[scenario] = time.monotonic() - started
         assert len(turn.audio) == seconds * SAMPLE_RATE * 2
-    assert elapsed["slow"] >= 0.9 * seconds / pace
-    assert elapsed["normal"] < elapsed["slow"]
+    assert elapsed["slow"] >= 0.9 * seconds / pace  # never sooner (a busy machine only slows it)
+    assert elapsed["normal"] < elapsed["slow"]  # both in one run: a busy machine slows both
 
 
 async def test_client_cancel_stops_a_slow_response(emulator: Emulator) -> None:
@@ -917,6 +916,19 @@ async def test_injected_handshake_faults_refuse_the_next_handshakes(emulator: Em
     assert during["handshake_faults_pending"] is None
 
 
+async def test_stats_can_wait_until_no_session_is_open(emulator: Emulator) -> None:
+    async with connected(emulator):
+        waiting = asyncio.create_task(control(emulator, "GET", "/_emulator/stats?wait_idle=60"))
+        _, during = await control(emulator, "GET", "/_emulator/stats")
+        assert during["connections_open"] >= 1
+        assert not waiting.done(), "answered while a session was open"
+    assert await waiting == (200, {**during, "connections_open": 0})
+    assert await control(emulator, "GET", "/_emulator/stats?wait_idle=soon") == (
+        400,
+        {"error": "wait_idle must be a number of seconds"},
+    )
+
+
 async def test_a_handshake_fault_can_ask_for_a_wait_in_milliseconds(emulator: Emulator) -> None:
     status, fault = await control(
         emulator, "POST", "/_emulator/handshake-faults", {"status": 429, "count": 1, "retry_after_ms": 250}
@@ -995,11 +1007,13 @@ def test_synthesis_is_deterministic_and_depends_on_text_and_voice() -> None:
     assert "".join(delta for _, delta in first.marks) == first.transcript
 
 
-def test_synthesis_of_minutes_is_fast_and_exact() -> None:
-    started = time.monotonic()
+def test_synthesis_of_minutes_is_exact_and_repeats_one_utterance() -> None:
+    once = synthesize("A long answer.", "sage")
     speech = synthesize("A long answer.", "sage", seconds=600)
-    assert time.monotonic() - started < 1.0
     assert len(speech.pcm) == 600 * SAMPLE_RATE * 2
+    # Minutes cost one utterance's synthesis: the rest is that audio repeated, then cut.
+    repeats = -(-len(speech.pcm) // len(once.pcm))
+    assert speech.pcm == (once.pcm * repeats)[: len(speech.pcm)]
     assert speech.transcript.startswith("A long answer. A long answer.")
 
 
@@ -1009,7 +1023,6 @@ def test_speed_shortens_the_audio() -> None:
     assert len(fast.pcm) == pytest.approx(len(normal.pcm) / 1.5, rel=0.01)
 
 
-@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 def test_espeak_speaks_the_transcript_as_24khz_pcm() -> None:
     speech = synthesize("This is real speech.", "alloy", engine="espeak")
     assert speech.transcript == "This is real speech."
@@ -1320,7 +1333,7 @@ async def test_transcript_late_sends_the_transcription_after_response_done(emula
     done = turn.types.index("response.done")
     assert TRANSCRIPTION_DELTA not in turn.types[:done] and COMPLETED not in turn.types[:done]
     assert turn.last(COMPLETED)["transcript"] == AUDIO_QUESTION
-    assert 0.4 <= late_by < 3.0
+    assert late_by >= 0.4  # held for its delay (a busy machine can only make it later)
     assert turn.transcript_deltas == AUDIO_QUESTION, "the answer does not wait for the transcription"
     record = await session_record(emulator, created["session"]["id"])
     assert (record["scenario"], record["scenario_params"]) == ("transcript_late", {"delay": 0.5})

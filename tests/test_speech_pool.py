@@ -7,6 +7,7 @@ count of connection attempts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -70,11 +71,10 @@ class Emulator:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def emulators(stack: Stack) -> AsyncIterator[dict[str, Emulator]]:
     """Three emulators, `a`, `b` and `c` (the one stopped in the circuit test)."""
-    processes = {name: stack.start_emulator(f"pool-{name}") for name in "abc"}
-    async with aiohttp.ClientSession() as http:
-        yield {name: Emulator(process, http) for name, process in processes.items()}
-    for process in processes.values():
-        process.stop()
+    with contextlib.ExitStack() as running:  # each started one is stopped, also when a later one fails
+        processes = {name: running.enter_context(stack.start_emulator(f"pool-{name}")) for name in "abc"}
+        async with aiohttp.ClientSession() as http:
+            yield {name: Emulator(process, http) for name, process in processes.items()}
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -163,10 +163,11 @@ async def test_a_backend_at_its_quota_spills_over_at_once_and_is_used_again_afte
         "first",
     )
     assert spilled_body["text"] in await b.asked()
-    assert [(entry["reason"], entry["retry_after"]) for entry in refused] == [("max_sessions", 1)]
-    # One refused handshake on loopback costs milliseconds; a wait (backoff, Retry-After) would not.
-    connected = spilled["timings_ms"]["connected"]
-    assert connected < direct["timings_ms"]["connected"] + 250 and connected < 1000 * QUOTA_RETRY_AFTER
+    # One refusal, then the other backend: no second try of the full one. How little the spill-over
+    # costs is measured by the `backend_pool` benchmark (every refusal there spills over).
+    assert [(entry["reason"], entry["retry_after"]) for entry in refused] == [
+        ("max_sessions", QUOTA_RETRY_AFTER)
+    ]
 
 
 async def test_a_backend_that_is_down_opens_its_circuit_then_gets_one_probe_and_traffic_back(
@@ -291,8 +292,9 @@ async def test_every_backend_at_quota_for_a_moment_the_request_waits_and_succeed
     assert [entry["outcome"] for entry in await b.admissions()] == ["refused"]
 
 
-async def wait_for(read: Callable[[], Awaitable[object]], expected: object, seconds: float = 5.0) -> None:
-    """Poll `await read()` until it returns `expected`."""
+async def wait_for(read: Callable[[], Awaitable[object]], expected: object, seconds: float = 30.0) -> None:
+    """Poll `await read()` until it returns `expected` (the emulator's counters have no event; the
+    bound is a safety net for a busy machine)."""
     for _ in range(int(seconds / POLL_SECONDS)):
         if await read() == expected:
             return

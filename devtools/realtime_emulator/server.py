@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -90,6 +91,20 @@ class EmulatorState:
     connections_total: int = 0
     refusals_by_status: dict[int, int] = field(default_factory=dict)
     admissions: Admissions = field(default_factory=Admissions)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while no session is open: what `GET /_emulator/stats?wait_idle=S` waits on."""
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def session_opened(self, session: RealtimeSession) -> None:
+        self.open_sessions.add(session)
+        self.idle.clear()
+
+    def session_ended(self, session: RealtimeSession) -> None:
+        self.open_sessions.discard(session)
+        if not self.open_sessions:
+            self.idle.set()
 
     def take_fault(self) -> HandshakeFault | None:
         fault = self.fault
@@ -171,7 +186,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     try:
         await session.run()
     finally:
-        state.open_sessions.discard(session)
+        state.session_ended(session)
         log.info("session %s ended: %s", session.record.session_id, session.record.ended_by)
     return ws
 
@@ -195,7 +210,7 @@ def _open_session(
     )
     session = RealtimeSession(ws, _tcp_closer(request), record, scenario, state.config.engine)
     state.records.append(record)
-    state.open_sessions.add(session)
+    state.session_opened(session)
     state.connections_total += 1
     return session
 
@@ -379,7 +394,15 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
+    """The counters; with `?wait_idle=S`, first wait up to S seconds for the last open session to end."""
     state = request.app[STATE]
+    try:
+        wait_idle = float(request.query.get("wait_idle", "0"))
+    except ValueError:
+        return web.json_response({"error": "wait_idle must be a number of seconds"}, status=400)
+    if wait_idle > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.idle.wait(), wait_idle)
     return web.json_response(
         {
             "connections_open": len(state.open_sessions),
