@@ -1,4 +1,4 @@
-"""A loopback HTTPS proxy in front of one HTTP/1.1 service (Azurite) that can lose responses on the way.
+"""A loopback HTTPS proxy in front of one HTTP/1.1 service (Azurite) that can lose or hold responses.
 
 It terminates TLS with the development server certificate, forwards each request to the target over
 TLS (trusting the test CA) and relays the response, one exchange after the other on each connection.
@@ -6,7 +6,8 @@ TLS (trusting the test CA) and relays the response, one exchange after the other
 while their callers never hear so: the proxy reads the response, drops it and closes the caller's
 connection, as a connection lost after the request was sent would. (aiohttp sends an idempotent
 request again at once when a reused connection closes without a response, so one call of the SDK
-may be several requests here.)
+may be several requests here.) `hold_responses(method, path_part, until)` holds the responses of
+matching requests (landed) until an event is set: a storage call slower than the caller's deadline.
 
 In-process (async tests)::
 
@@ -16,6 +17,7 @@ In-process (async tests)::
         ...
         proxy.lost  # ["PUT /devstoreaccount1/audio/idempotency/....json"]
         proxy.requests  # every request forwarded, the same way
+        proxy.held  # the requests whose responses were held
 """
 
 from __future__ import annotations
@@ -41,10 +43,14 @@ class Message:
 
 
 @dataclass
-class LossRule:
+class ResponseRule:
+    """What becomes of the responses to the next `remaining` requests that match: lost, or held until
+    `release` is set."""
+
     method: str
     path_part: str
     remaining: int
+    release: asyncio.Event | None = None
 
     def takes(self, request: Message) -> bool:
         method, target, _ = request.start_line.split(" ", 2)
@@ -65,13 +71,15 @@ class HttpsProxy:
         self._target_tls = ssl.create_default_context(cafile=str(certs.ca_file))
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self._rules: list[LossRule] = []
+        self._rules: list[ResponseRule] = []
         self.connections = 0
         """Connections accepted so far."""
         self.requests: list[str] = []
         """Every request forwarded, as method and target ("GET /devstoreaccount1/audio/..."), in order."""
         self.lost: list[str] = []
         """The requests whose responses were lost, the same way, in order."""
+        self.held: list[str] = []
+        """The requests whose responses were held, the same way, in order."""
 
     @property
     def port(self) -> int:
@@ -82,10 +90,15 @@ class HttpsProxy:
     def lose_responses(self, method: str, path_part: str, count: int = 1) -> None:
         """Lose the responses of the next `count` requests with `method` whose target contains
         `path_part` (the requests themselves reach the target)."""
-        self._rules.append(LossRule(method, path_part, count))
+        self._rules.append(ResponseRule(method, path_part, count))
+
+    def hold_responses(self, method: str, path_part: str, until: asyncio.Event, count: int = 1) -> None:
+        """Hold the responses of the next `count` matching requests (which reach the target) until
+        `until` is set; a caller who gave up meanwhile never gets them."""
+        self._rules.append(ResponseRule(method, path_part, count, until))
 
     def deliver_responses(self) -> None:
-        """From now on every response is relayed again (the loss rules not used up are dropped)."""
+        """From now on every response is relayed at once (the rules not used up are dropped)."""
         self._rules.clear()
 
     async def start(self) -> Self:
@@ -122,16 +135,21 @@ class HttpsProxy:
             return
         try:
             while (request := await _read_message(reader)) is not None:
-                self.requests.append(request.start_line.rsplit(" ", 1)[0])
+                seen = request.start_line.rsplit(" ", 1)[0]  # without the HTTP version
+                self.requests.append(seen)
                 target_writer.write(request.raw)
                 await target_writer.drain()
                 response = await _read_message(target_reader, request.start_line.split(" ", 1)[0])
                 if response is None:
                     break
-                if any(rule.takes(request) for rule in self._rules):
-                    self.lost.append(request.start_line.rsplit(" ", 1)[0])
+                rule = next((rule for rule in self._rules if rule.takes(request)), None)
+                if rule is not None and rule.release is None:
+                    self.lost.append(seen)
                     reset(writer)
                     break
+                if rule is not None and rule.release is not None:
+                    self.held.append(seen)
+                    await rule.release.wait()
                 writer.write(response.raw)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):

@@ -6,6 +6,7 @@ user-delegation keys the app asks for.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -96,6 +97,31 @@ async def test_a_keep_that_fails_after_its_write_landed_leaves_nothing(
     assert "Idempotent-Replayed" not in headers
     assert await behind_proxy.download(body["audio_url"])
     assert await sessions_asked(behind_proxy, text) == 2
+
+
+async def test_the_deadline_while_the_keys_record_is_written_leaves_nothing(
+    speech_host: SpeechHost, storage_proxy: HttpsProxy
+) -> None:
+    """The record's write lands but its response is held past the deadline: a 504 after the commit.
+    The committed answer goes, and so does the key's record, which names it; a retry answers anew."""
+    url = azurite.account_url(storage_proxy.port)
+    async with speech_host(AUDIO_STORAGE_ACCOUNT_URL=url, REALTIME_TIMEOUT_SECONDS="6") as short:
+        text, key = unique_text(), new_key()
+        await short.post({"text": unique_text()})  # the container exists
+        blobs_before = await short.blob_names()
+        released = asyncio.Event()
+        storage_proxy.hold_responses("PUT", "/idempotency/", until=released)
+        try:
+            response = await short.post({"text": text}, headers=key)
+        finally:
+            released.set()
+        assert_problem(response, 504, "deadline-exceeded")
+        assert [line.split(" ")[0] for line in storage_proxy.held[-1:]] == ["PUT"]
+        assert await short.blob_names() == blobs_before
+        status, body, headers = await short.post({"text": text}, headers=key)
+        assert status == 200, body
+        assert "Idempotent-Replayed" not in headers
+        assert await sessions_asked(short, text) == 2
 
 
 def sas_time(url: str, field: str) -> datetime:
