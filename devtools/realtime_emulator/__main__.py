@@ -20,13 +20,14 @@ def _epilog() -> str:
 scenarios (per connection: ?scenario=NAME&key=value; per message or in the session's instructions:
 [[emulator:NAME key=value ...]]):
 {scenarios}
-  handshake_401|403|429|500|503  refuse the handshake with that status (query only)
+  handshake_400|401|403|404|429|500|503  refuse the handshake with that status (query only)
 
 scenario parameters:
 {parameters}
 
 control routes on the same port:
   POST   /_emulator/handshake-faults  {{"status": 429, "count": N, "retry_after": S}}
+  POST   /_emulator/scenario-faults   {{"scenario": "error_mid", "count": N}}
   GET    /_emulator/sessions          session records (no credentials)
   DELETE /_emulator/sessions
   GET    /_emulator/sessions/ID/input_audio  raw bytes of the last committed input audio (?item_id=)
