@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Any
 
 from devtools import azurite
-from devtools.stack import DEFAULT_STATE_DIR, Stack, StackPorts
+from devtools.stack import DEFAULT_STATE_DIR, DEPLOYMENT_NAME, Stack, StackPorts
 
 PLAYGROUND_SETTINGS = {"PLAYGROUND_ENABLED": "true"}
 # Azurite's published development account key (documented with Azurite, not a secret). The Functions
@@ -104,6 +104,7 @@ def instructions(
             f"Function host:  {host_url}  (logs in {log_dir})",
             f"  POST {speech_url}",
             f"  GET  {host_url}/api/health",
+            f"OpenAI-compatible base URL (model {DEPLOYMENT_NAME}): {host_url}/api/v1",
             f"Playground:     {host_url}/api/playground",
             "",
             "JSON answer:",

@@ -532,6 +532,7 @@ def test_run_keeps_an_existing_settings_file_and_says_so(tmp_path: Path) -> None
     assert path.read_text() == '{"IsEncrypted": false, "Values": {"MINE": "1"}}'
     note = run.instructions("http://localhost:7071", path, written=False, log_dir=tmp_path)
     assert f"{path} exists: left as it is" in note
+    assert "OpenAI-compatible base URL (model gpt-realtime): http://localhost:7071/api/v1" in note
 
 
 def test_run_identity_secret_is_kept_across_runs(tmp_path: Path) -> None:
