@@ -261,25 +261,12 @@ class SpeechService:
         if isinstance(part, str):
             return part
         if isinstance(part, AnswerReference):
-            return await self.earlier_transcript(part)
+            return await earlier_transcript(self.store, part)
         limit = min(self.settings.audio_input_max_seconds, MAX_TURN_AUDIO_SECONDS)
-        spoken = await _naming(
-            part.param, asyncio.to_thread(decode_question, part.data, None, max_seconds=limit)
-        )
+        decode = asyncio.to_thread(decode_question, part.data, part.content_type, max_seconds=limit)
+        spoken = await _naming(part.param, decode)
         _require_pcm(spoken, part.param)
         return spoken.audio
-
-    async def earlier_transcript(self, reference: AnswerReference) -> str:
-        """The transcript of an answer this app gave, while its audio id is valid (its URL's
-        lifetime); else a 400 naming where the id was sent."""
-        name = _record_of_audio_id(reference.audio_id)
-        stored = await self.store.load_record_written(name) if name else None
-        if stored is None or stored[1] + self.store.url_ttl < datetime.now(UTC):
-            raise InvalidRequest(
-                "The audio id is unknown or has expired; send the answer's transcript as text instead.",
-                param=reference.param,
-            )
-        return SpeechRecord.model_validate(stored[0]).transcript
 
     def _question_file(self, spoken: SpokenQuestion, answer_name: str) -> QuestionFile:
         """Start uploading the spoken question beside its answer; it is committed with the answer."""
@@ -454,6 +441,19 @@ def audio_id(blob_name: str) -> str:
     so that its record is found again without listing the container."""
     path = PurePosixPath(blob_name)
     return "audio_" + "".join(path.parent.parts) + path.stem
+
+
+async def earlier_transcript(store: AudioStore, reference: AnswerReference) -> str:
+    """The transcript of an answer this app gave, while its audio id is valid (its URL's lifetime,
+    from when its record was written); else a 400 naming where the id was sent."""
+    name = _record_of_audio_id(reference.audio_id)
+    stored = await store.load_record_written(name) if name else None
+    if stored is None or stored[1] + store.url_ttl < datetime.now(UTC):
+        raise InvalidRequest(
+            "The audio id is unknown or has expired; send the answer's transcript as text instead.",
+            param=reference.param,
+        )
+    return SpeechRecord.model_validate(stored[0]).transcript
 
 
 def _record_of_audio_id(value: str) -> str | None:

@@ -194,6 +194,7 @@ class AudioStore:
         self._container = service.get_container_client(container)
         self._block_size = block_size
         self._ready: asyncio.Task[None] | None = None
+        self._url_ttl = url_ttl
         self._keys = DelegationKeys(self._fetch_delegation_key, url_ttl, clock)
 
     @property
@@ -250,7 +251,7 @@ class AudioStore:
 
     @property
     def url_ttl(self) -> timedelta:
-        """How long a read URL is valid (AUDIO_URL_TTL_MINUTES)."""
+        """How long a read URL is valid at most (AUDIO_URL_TTL_MINUTES)."""
         return self._url_ttl
 
     async def load_record(self, blob_name: str) -> dict[str, Any] | None:

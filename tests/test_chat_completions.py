@@ -12,13 +12,16 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 import pytest
 import pytest_asyncio
 import soundfile as sf
+from azure.storage.blob.aio import BlobServiceClient
 from openai import (
     APIError,
     APIStatusError,
@@ -32,6 +35,10 @@ from openai import (
 
 from devtools.realtime_emulator import synthesize
 from devtools.stack import DEPLOYMENT_NAME, Stack
+from realtime_speech.errors import InvalidRequest
+from realtime_speech.models import AnswerReference, AudioFacts, SpeechRecord
+from realtime_speech.service import audio_id, earlier_transcript, record_name
+from realtime_speech.storage import MIN_BLOCK_BYTES, AudioStore
 
 from .audio_corpus import encode, speech_like
 from .conftest import SpeechHost
@@ -366,6 +373,12 @@ LONG = "word " * 780  # 3900 characters
             with_messages(spoken_message(FLAC)), 400, "messages[0].content[0].input_audio.data", id="flac"
         ),
         pytest.param(
+            with_messages(spoken_message(FLAC), {"role": "assistant", "content": "Heard."}, USER),
+            400,
+            "messages[0].content[0].input_audio.data",
+            id="flac-in-history",
+        ),
+        pytest.param(
             with_messages({"role": "user", "content": "x" * 4001}),
             400,
             "messages[0].content",
@@ -654,3 +667,32 @@ async def test_max_completion_tokens_cuts_the_answer_with_finish_reason_length(
     assert session["response_status"] == "incomplete"
     assert completion.choices[0].finish_reason == "length"
     assert completion.choices[0].message.audio.transcript == session["transcript"]
+
+
+async def test_an_audio_id_is_valid_for_its_urls_lifetime_from_when_its_record_was_written(
+    blob_service: BlobServiceClient,
+) -> None:
+    blob_name = f"{datetime.now(UTC):%Y/%m/%d}/{uuid4().hex}.wav"
+    facts = AudioFacts(
+        format="wav", encoding="pcm_s16le", sample_rate=24000, channels=1, duration_seconds=1.0, bytes=48044
+    )
+    record = SpeechRecord(
+        request_id="r",
+        transcript="Said before.",
+        container="audio",
+        blob_name=blob_name,
+        audio=facts,
+        voice="alloy",
+        session_id=None,
+        response_id=None,
+        status="completed",
+    )
+    hour = AudioStore(blob_service, "audio", MIN_BLOCK_BYTES, timedelta(hours=1))
+    assert await hour.save_record(record_name(blob_name), record.model_dump(mode="json"))
+    reference = AnswerReference(audio_id(blob_name), "messages[1].audio.id")
+    assert AUDIO_ID.fullmatch(reference.audio_id)
+    assert await earlier_transcript(hour, reference) == "Said before."
+    expired = AudioStore(blob_service, "audio", MIN_BLOCK_BYTES, timedelta(0))
+    with pytest.raises(InvalidRequest) as raised:
+        await earlier_transcript(expired, reference)
+    assert raised.value.param == "messages[1].audio.id"
