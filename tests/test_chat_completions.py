@@ -696,3 +696,27 @@ async def test_an_audio_id_is_valid_for_its_urls_lifetime_from_when_its_record_w
     with pytest.raises(InvalidRequest) as raised:
         await earlier_transcript(expired, reference)
     assert raised.value.param == "messages[1].audio.id"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def short_deadline(speech_host: SpeechHost) -> AsyncIterator[SpeechClient]:
+    """A host whose deadline is just past one keep-alive interval (10 s)."""
+    async with speech_host(REALTIME_TIMEOUT_SECONDS="12") as host:
+        yield host
+
+
+async def test_a_silent_stream_gets_keep_alives_then_the_deadline_as_an_error_event(
+    short_deadline: SpeechClient,
+) -> None:
+    body = ask(
+        f"[[emulator:stall at=0.2]] {unique_text()}", audio={"voice": "alloy", "format": "pcm16"}, stream=True
+    )
+    url = f"{short_deadline.host_url}/api/v1/chat/completions"
+    async with short_deadline.http.post(url, json=body) as response:
+        assert response.status == 200
+        lines = [line.decode().strip() async for line in response.content if line.strip()]
+    assert ": keep-alive" in lines
+    assert lines[-1].startswith('data: {"error"') and "data: [DONE]" not in lines
+    error = json.loads(lines[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "deadline_exceeded" and error["type"] == "server_error"
+    await short_deadline.assert_sessions_closed()
