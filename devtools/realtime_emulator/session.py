@@ -157,6 +157,9 @@ class RealtimeSession:
         finally:
             for task in self._tasks:
                 task.cancel()
+            if self._active is not None and self._active.cancel.is_set():
+                # the client asked to cancel and left before response.done: cancelled all the same
+                self.record.response_status = "cancelled"
             self.record.ended_by = self._ending()
 
     def _ending(self) -> str:
