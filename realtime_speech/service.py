@@ -39,6 +39,7 @@ from .realtime import (
     SessionLost,
     SpokenAnswer,
     VoiceRequest,
+    prepare_first_answer,
     realtime_client,
 )
 from .settings import BackendSettings, Settings
@@ -206,9 +207,12 @@ class SpeechService:
 
     async def warm_up(self) -> None:
         """Prepare what a first request would otherwise wait for: the storage container and delegation
-        key, the Azure OpenAI token (and with it the first connections), the spare sessions. Bounded;
+        key, the Azure OpenAI token (and with it the first connections), the spare sessions, the SDK's
+        event types. Bounded;
         a failure is logged and left to the requests, which try again."""
-        work = asyncio.gather(self.store.ready(), self._check_identity(), self.spares.ready())
+        work = asyncio.gather(
+            prepare_first_answer(), self.store.ready(), self._check_identity(), self.spares.ready()
+        )
         try:
             async with asyncio.timeout(WARM_UP_SECONDS):
                 await work

@@ -55,7 +55,8 @@ class _Spare:
     watcher: asyncio.Task[None] = field(init=False)
 
     def dead(self) -> bool:
-        return self.watcher.done()
+        """Closed by the service (a watcher cancelled at shutdown says nothing of the session)."""
+        return self.watcher.done() and not self.watcher.cancelled()
 
 
 class SpareSessions:
