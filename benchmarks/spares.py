@@ -231,7 +231,8 @@ def render(results: Results) -> str:
         f"median {first:.0f} ms over {len(results.fresh)} processes, against {warm:.0f} ms for their warm "
         f"requests: {first / warm:.2f} x (target at most {FRESH_LIMIT} x: "
         f"{_verdict(first <= FRESH_LIMIT * warm)}).",
-        f"- Sessions opened per answered request, 16 callers on the spare host after the first round: "
+        "- Sessions opened per answered request, 16 callers on the spare host "
+        f"(every request of the run at {TARGET_DELAY_MS} ms): "
         f"{results.sessions_opened} / {results.answered} = {per_answer:.3f} "
         f"(target at most {SESSIONS_PER_ANSWER_LIMIT}: {_verdict(per_answer <= SESSIONS_PER_ANSWER_LIMIT)}).",
         f"- Failed requests in the whole run: {failures}.",
