@@ -229,7 +229,7 @@ param openAiDeploymentSku string = 'GlobalStandard'
 @minValue(1)
 param openAiDeploymentCapacity int = 10
 
-@description('Create the input-transcription deployment (spoken questions) on every account; false when an existing account already has it.')
+@description('Create the input-transcription deployment (spoken questions) on the primary account; false when that existing account already has it. The pool\'s extra accounts are new and always get theirs.')
 param createTranscriptionDeployment bool = true
 
 @description('Name of the input-transcription deployment (REALTIME_TRANSCRIPTION_MODEL): on Azure the session names a deployment of the resource, not a model.')
@@ -390,7 +390,6 @@ module openAiPool 'modules/openai-pool.bicep' = {
     deploymentName: openAiDeploymentName
     modelName: openAiModelName
     modelVersion: openAiModelVersion
-    createTranscriptionDeployment: createTranscriptionDeployment
     transcriptionDeploymentName: transcriptionDeploymentName
     transcriptionModelName: transcriptionModelName
     transcriptionModelVersion: transcriptionModelVersion

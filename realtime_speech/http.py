@@ -125,11 +125,12 @@ async def speech(req: Request) -> Response:
         content_type = req.headers.get("content-type")
         service = await speech_service()
         audio_max_bytes = service.settings.audio_input_max_bytes
+        request_options(content_type, req.query_params)  # before the body, whose size must not hide them
+        key = idempotency_key(req.headers)
         body = await read_body(req, body_limit(content_type, audio_max_bytes))
         speech_request = parse_speech_request(
             content_type, body, req.query_params, audio_max_bytes=audio_max_bytes
         )
-        key = idempotency_key(req.headers)
         events = wants_event_stream(req.headers.get("accept"))
         media_type = _media_type(content_type)
         # a raw audio body's media type; audio in JSON is told from its bytes
@@ -171,22 +172,15 @@ def body_limit(content_type: str | None, audio_max_bytes: int) -> int:
     return MAX_BODY_BYTES + audio_max_bytes * 4 // 3 + 4
 
 
-def parse_speech_request(
-    content_type: str | None,
-    body: bytes,
-    query: Mapping[str, str] | None = None,
-    *,
-    audio_max_bytes: int | None = None,
-) -> SpeechRequest:
-    """Validate media type, size and body, in that order; each failure names what is wrong.
-
-    JSON carries every option (and a spoken question as base64 `audio`); a raw audio body carries the
-    question and its options come as query parameters. `code` (the function key) is always allowed.
-    """
+def request_options(content_type: str | None, query: Mapping[str, str] | None) -> dict[str, str]:
+    """What the request says besides its body, checked without it: the media type is taken (415), and
+    the query parameters are valid options of a raw audio body, or absent with JSON (400). `code`
+    (the function key) is always allowed and is never an option."""
     media_type = _media_type(content_type)
     options = {name: value for name, value in (query or {}).items() if name != FUNCTION_KEY_PARAMETER}
     if media_type in AUDIO_MEDIA_TYPES:
-        return _validated(lambda: SpeechRequest.model_validate({**options, "audio": body}, strict=False))
+        _raw_audio_request(options, b"")  # the options alone; the audio is checked once it is read
+        return options
     if not _JSON_MEDIA_TYPE.match(media_type):
         accepted = ", ".join(("application/json", *AUDIO_MEDIA_TYPES))
         got = media_type[:100] or "none"
@@ -195,21 +189,39 @@ def parse_speech_request(
         raise InvalidRequest(
             "Query parameters are only for raw audio bodies; put the options in the JSON body."
         )
-    if len(body) <= MAX_BODY_BYTES:
-        return _validated(lambda: SpeechRequest.model_validate_json(body))
-    try:  # only a spoken question may be larger
-        request = SpeechRequest.model_validate_json(body)
-    except ValidationError:
-        request = None
-    if request is None or request.audio is None:
+    return options
+
+
+def parse_speech_request(
+    content_type: str | None,
+    body: bytes,
+    query: Mapping[str, str] | None = None,
+    *,
+    audio_max_bytes: int | None = None,
+) -> SpeechRequest:
+    """Validate media type and options, size and body, in that order; each failure names what is wrong.
+
+    JSON carries every option (and a spoken question as base64 `audio`); a raw audio body carries the
+    question and its options come as query parameters. Only JSON without `audio` is held to 64 KiB:
+    JSON with `audio` is validated like any other, its audio then held to `audio_max_bytes`.
+    """
+    options = request_options(content_type, query)
+    if _media_type(content_type) in AUDIO_MEDIA_TYPES:
+        return _raw_audio_request(options, body)
+    if len(body) > MAX_BODY_BYTES and SpeechRequest.json_without_audio(body):
         raise PayloadTooLarge(
             f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted without audio."
         )
-    if audio_max_bytes is not None and len(request.audio) > audio_max_bytes:
+    request = _validated(lambda: SpeechRequest.model_validate_json(body))
+    if audio_max_bytes is not None and request.audio is not None and len(request.audio) > audio_max_bytes:
         raise PayloadTooLarge(
             f"The audio is {len(request.audio)} bytes; at most {audio_max_bytes} are accepted."
         )
     return request
+
+
+def _raw_audio_request(options: Mapping[str, str], audio: bytes) -> SpeechRequest:
+    return _validated(lambda: SpeechRequest.model_validate({**options, "audio": audio}, strict=False))
 
 
 def _validated(parse: Callable[[], SpeechRequest]) -> SpeechRequest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import re
 from collections.abc import AsyncIterator
 from contextlib import suppress
@@ -32,6 +33,8 @@ from openai.types.realtime import (
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .errors import (
+    BackendAccessDenied,
+    DeploymentNotFound,
     ServiceError,
     UpstreamAuthFailed,
     UpstreamFailed,
@@ -105,19 +108,19 @@ class AnswerListener(Protocol):
 
 def session_config(request: VoiceRequest) -> dict[str, Any]:
     """The GA `session.update` payload: the quickstart's configuration, audio out only. A spoken
-    question is sent whole and committed by the app, so it turns server VAD off."""
+    question is sent whole and committed by the app, so it turns server VAD off, and only a spoken
+    question configures input transcription: a text question must not depend on a transcription
+    deployment the backend may not have."""
     pcm = {"type": "audio/pcm", "rate": PCM16_24KHZ_MONO.sample_rate}
-    turn_detection = None if request.input_audio is not None else SERVER_VAD
+    audio_input: dict[str, Any] = {"format": request.input_format or pcm, "turn_detection": SERVER_VAD}
+    if request.input_audio is not None:
+        audio_input |= {"transcription": {"model": request.transcription_model}, "turn_detection": None}
     return {
         "type": "realtime",
         "instructions": request.instructions,
         "output_modalities": ["audio"],
         "audio": {
-            "input": {
-                "format": request.input_format or pcm,
-                "transcription": {"model": request.transcription_model},
-                "turn_detection": turn_detection,
-            },
+            "input": audio_input,
             "output": {"format": request.output_format, "voice": request.voice, "speed": request.speed},
         },
         "max_output_tokens": request.max_output_tokens or "inf",
@@ -290,19 +293,22 @@ def connect_error(exc: Exception) -> ServiceError:
         return exc
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
-        if status == 401:
+        if status == 401:  # the app's token, the same for every backend: not one backend's fault
             return UpstreamAuthFailed(
                 "The realtime endpoint rejected the credentials (HTTP 401): the token is invalid, expired or "
                 "for another audience, or the API key is wrong. Check the managed identity (AZURE_CLIENT_ID) "
                 "or AZURE_OPENAI_API_KEY."
             )
         if status == 403:
-            return UpstreamAuthFailed(
+            return BackendAccessDenied(
                 "The realtime endpoint denied access (HTTP 403): the identity lacks the 'Cognitive Services "
                 "OpenAI User' role on the Azure OpenAI resource."
             )
         if status == 404:
-            return UpstreamFailed("The realtime endpoint answered 404: check the deployment name.")
+            return DeploymentNotFound(
+                "The realtime endpoint refused the handshake (HTTP 404): the resource has no deployment of "
+                "that name."
+            )
         retry_after = _handshake_retry_after(exc)
         if status == 429:
             return UpstreamRateLimited(
@@ -319,14 +325,24 @@ def connect_error(exc: Exception) -> ServiceError:
 
 
 def _handshake_retry_after(exc: Exception) -> float | None:
-    """The seconds a refused handshake's `Retry-After` asks for, if it gave a number."""
+    """The seconds a refused handshake asks to wait: Azure's `retry-after-ms` (milliseconds) when it
+    gave a number there, else `Retry-After` (seconds), else None."""
     if not isinstance(exc, InvalidStatus):
         return None
-    value = exc.response.headers.get("Retry-After")
+    headers = exc.response.headers
+    milliseconds = _number(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000
+    return _number(headers.get("Retry-After"))
+
+
+def _number(value: str | None) -> float | None:
+    """A header's value as a number of at least 0; None when absent or not a finite number."""
     try:
-        return max(0.0, float(value)) if value else None
+        number = float(value) if value else math.nan
     except ValueError:
         return None
+    return max(0.0, number) if math.isfinite(number) else None
 
 
 def _ended_message(exc: Exception) -> str:

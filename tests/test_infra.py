@@ -392,6 +392,13 @@ MUTATIONS = {
         "openai_pool",
         "the pool's appPrincipalId",
     ),
+    "extra accounts without the transcription deployment": Mutation(
+        OPENAI_POOL,
+        "    createTranscriptionDeployment: true\n",
+        "    createTranscriptionDeployment: false\n",
+        "openai_pool",
+        "needs the transcription deployment",
+    ),
     "extra accounts with another model": Mutation(
         OPENAI_POOL,
         "    modelName: modelName\n",

@@ -20,7 +20,7 @@ def _epilog() -> str:
 scenarios (per connection: ?scenario=NAME&key=value; per message or in the session's instructions:
 [[emulator:NAME key=value ...]]):
 {scenarios}
-  handshake_401|403|429|500|503  refuse the handshake with that status (query only)
+  handshake_400|401|403|404|429|500|503  refuse the handshake with that status (query only)
 
 scenario parameters:
 {parameters}

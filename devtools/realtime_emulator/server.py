@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import protocol
 from .auth import AuthenticationError, Authenticator
-from .quota import QUOTA_FIELDS, Admissions, Quota
+from .quota import QUOTA_FIELDS, Admissions, Quota, whole_seconds
 from .scenarios import HANDSHAKE_STATUSES, Scenario, ScenarioError, scenario_from_query
 from .session import RealtimeSession, SessionRecord
 from .speech import Engine
@@ -31,15 +31,19 @@ REFUSALS = {
     400: "BadRequest",
     401: "401",
     403: "PermissionDenied",
+    404: "DeploymentNotFound",
     429: "429",
     500: "InternalServerError",
     503: "ServiceUnavailable",
 }
 REFUSAL_MESSAGES = {
+    400: "Invalid request: the realtime handshake could not be processed.",
     401: "Unauthorized. Access token is missing, invalid, audience is incorrect "
     "(https://cognitiveservices.azure.com), or have expired.",
     403: "The principal lacks the required data action "
     "'Microsoft.CognitiveServices/accounts/OpenAI/deployments/realtime/action' to perform this operation.",
+    404: "The API deployment for this resource does not exist. If you created the deployment within the "
+    "last 5 minutes, please wait a moment and try again.",
     429: "Requests to the Realtime API have exceeded the call rate limit of your current pricing tier. "
     "Please retry after {retry_after} seconds.",
     500: "The server had an error while processing your request. Sorry about that!",
@@ -65,7 +69,7 @@ class EmulatorConfig:
 class HandshakeFault:
     status: int
     remaining: int
-    retry_after: int | None
+    retry_after_ms: int | None
 
 
 @dataclass
@@ -82,6 +86,20 @@ class EmulatorState:
     """How long every handshake waits before it is answered (network and authentication in Azure)."""
     idle_timeout_seconds: float | None = None
     """Sessions idle this long (no client event, no response under way) are closed; None: never."""
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while no session is open: what `GET /_emulator/stats?wait_idle=S` waits on."""
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def session_opened(self, session: RealtimeSession) -> None:
+        self.open_sessions.add(session)
+        self.idle.clear()
+
+    def session_ended(self, session: RealtimeSession) -> None:
+        self.open_sessions.discard(session)
+        if not self.open_sessions:
+            self.idle.set()
 
     def take_fault(self) -> HandshakeFault | None:
         fault = self.fault
@@ -144,12 +162,15 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         return refuse(state, 400, "bad_request", str(error))
     over_quota = state.admissions.check(len(state.open_sessions), time.time())
     if over_quota is not None:
-        return refuse(state, 429, over_quota.reason, over_quota.message, retry_after=over_quota.retry_after)
+        return refuse(
+            state, 429, over_quota.reason, over_quota.message, retry_after_ms=over_quota.retry_after_ms
+        )
     fault = state.take_fault()
     if fault is not None:
-        return refuse(state, fault.status, "handshake_fault", retry_after=fault.retry_after)
+        return refuse(state, fault.status, "handshake_fault", retry_after_ms=fault.retry_after_ms)
     if scenario.handshake_status is not None:
-        return refuse(state, scenario.handshake_status, "scenario", retry_after=scenario.retry_after)
+        asked = None if scenario.retry_after is None else scenario.retry_after * 1000
+        return refuse(state, scenario.handshake_status, "scenario", retry_after_ms=asked)
 
     state.admissions.admitted(len(state.open_sessions), time.time())
     await ws.prepare(request)
@@ -160,7 +181,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     try:
         await session.run()
     finally:
-        state.open_sessions.discard(session)
+        state.session_ended(session)
         log.info("session %s ended: %s", session.record.session_id, session.record.ended_by)
     return ws
 
@@ -184,7 +205,7 @@ def _open_session(
     )
     session = RealtimeSession(ws, _tcp_closer(request), record, scenario, state.config.engine)
     state.records.append(record)
-    state.open_sessions.add(session)
+    state.session_opened(session)
     state.connections_total += 1
     return session
 
@@ -205,18 +226,23 @@ def refuse(
     reason: str,
     message: str | None = None,
     *,
-    retry_after: int | None = None,
+    retry_after_ms: int | None = None,
 ) -> web.Response:
-    """An Azure-style JSON error for a refused handshake (429 and 503 say when to retry), logged with
-    its ``reason`` in the admissions log."""
+    """An Azure-style JSON error for a refused handshake, logged with its ``reason`` in the admissions
+    log. 429 and 503 say when to retry (``Retry-After``, whole seconds); a 429 also in milliseconds
+    (``retry-after-ms``), as Azure OpenAI does."""
     state.refusals_by_status[status] = state.refusals_by_status.get(status, 0) + 1
     headers = {"apim-request-id": str(uuid.uuid4())}
+    retry_after = None
     if status in (429, 503):
-        retry_after = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
+        retry_after_ms = DEFAULT_RETRY_AFTER * 1000 if retry_after_ms is None else retry_after_ms
+        retry_after = whole_seconds(retry_after_ms)
         headers["Retry-After"] = str(retry_after)
+        if status == 429:
+            headers["retry-after-ms"] = str(retry_after_ms)
     else:
-        retry_after = None
-    state.admissions.refused(status, reason, retry_after, len(state.open_sessions), time.time())
+        retry_after_ms = None
+    state.admissions.refused(status, reason, retry_after_ms, len(state.open_sessions), time.time())
     text = message or REFUSAL_MESSAGES[status].format(retry_after=retry_after)
     log.info("handshake refused: %d %s (%s)", status, text, reason)
     return web.json_response(
@@ -225,25 +251,36 @@ def refuse(
 
 
 async def set_handshake_faults(request: web.Request) -> web.Response:
-    """``{"status": 429, "count": 2, "retry_after": 3}``: refuse the next ``count`` handshakes."""
+    """``{"status": 429, "count": 2, "retry_after": 3}``: refuse the next ``count`` handshakes;
+    ``retry_after_ms`` instead of ``retry_after`` asks for a wait in milliseconds."""
     try:
         body = await request.json()
         status = body["status"]
         count = body.get("count", 1)
         retry_after = body.get("retry_after")
+        retry_after_ms = body.get("retry_after_ms")
     except (ValueError, KeyError, TypeError, AttributeError):
-        return web.json_response({"error": "expected JSON {status, count, retry_after}"}, status=400)
+        return web.json_response(
+            {"error": "expected JSON {status, count, retry_after or retry_after_ms}"}, status=400
+        )
+    waits = [wait for wait in (retry_after, retry_after_ms) if wait is not None]
     if (
         status not in HANDSHAKE_STATUSES
         or not _is_count(count)
-        or not (retry_after is None or _is_count(retry_after))
+        or not all(map(_is_count, waits))
+        or len(waits) > 1
     ):
         return web.json_response(
-            {"error": f"status must be one of {list(HANDSHAKE_STATUSES)}; count, retry_after: integers >= 0"},
+            {
+                "error": f"status must be one of {list(HANDSHAKE_STATUSES)}; count, retry_after or "
+                "retry_after_ms (not both): integers >= 0"
+            },
             status=400,
         )
     state = request.app[STATE]
-    state.fault = HandshakeFault(status, count, retry_after)
+    state.fault = HandshakeFault(
+        status, count, retry_after * 1000 if retry_after is not None else retry_after_ms
+    )
     return web.json_response(_fault_json(state.fault))
 
 
@@ -254,7 +291,13 @@ def _is_count(value: object) -> bool:
 def _fault_json(fault: HandshakeFault | None) -> dict[str, Any] | None:
     if fault is None or fault.remaining <= 0:
         return None
-    return {"status": fault.status, "remaining": fault.remaining, "retry_after": fault.retry_after}
+    wait = fault.retry_after_ms
+    return {
+        "status": fault.status,
+        "remaining": fault.remaining,
+        "retry_after": None if wait is None else whole_seconds(wait),
+        "retry_after_ms": wait,
+    }
 
 
 async def get_handshake_delay(request: web.Request) -> web.Response:
@@ -398,7 +441,15 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
+    """The counters; with `?wait_idle=S`, first wait up to S seconds for the last open session to end."""
     state = request.app[STATE]
+    try:
+        wait_idle = float(request.query.get("wait_idle", "0"))
+    except ValueError:
+        return web.json_response({"error": "wait_idle must be a number of seconds"}, status=400)
+    if wait_idle > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.idle.wait(), wait_idle)
     return web.json_response(
         {
             "connections_open": len(state.open_sessions),

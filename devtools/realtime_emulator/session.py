@@ -27,6 +27,12 @@ from .validation import RequestError, client_event
 
 log = logging.getLogger(__name__)
 
+TRANSCRIPTION_ERROR = {
+    "type": "invalid_request_error",
+    "code": "audio_unintelligible",
+    "message": "The audio could not be transcribed.",
+    "param": None,
+}
 SERVER_ERROR_MESSAGE = (
     "The server had an error while processing your request. Sorry about that! You can retry your request, "
     "or contact us through an Azure support request if the error persists. "
@@ -315,8 +321,19 @@ class RealtimeSession:
             await self._transcribe(committed, transcription.get("model", "whisper-1"))
 
     async def _transcribe(self, committed: CommittedAudio, model: str) -> None:
-        """Send the committed audio's transcription now, later, or never, as the scenario says."""
+        """Send the committed audio's transcription now, later, never, or its failure, as the scenario
+        says."""
         if self._scenario.name == "transcript_never":
+            return
+        if self._scenario.name == "transcript_failed":
+            await self._send(
+                server_event(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=committed.item_id,
+                    content_index=0,
+                    error=dict(TRANSCRIPTION_ERROR),
+                )
+            )
             return
         if self._scenario.name == "transcript_late":
             self._held_transcriptions.append(HeldTranscription(committed, model, self._scenario.delay))
