@@ -318,7 +318,8 @@ class SpeechService:
         except SessionLost:
             log.info("spare session to backend %s was closed by the service: connecting", lease.name)
         fresh = await self._connect(deadline)
-        telemetry.set_attributes(backend=fresh.name)
+        timeline.spare_session = False
+        telemetry.set_attributes(backend=fresh.name, spare_session=False)
         return await _spoken_on(fresh, question, stream, timeline), fresh
 
     async def _commit(self, stream: AnswerStream, record: SpeechRecord) -> None:
