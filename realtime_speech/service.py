@@ -188,6 +188,8 @@ class SpeechService:
         started = {"type": "speech.started", "request_id": request_id, "blob_name": blob_name, **known}
         work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim, deadline)
         task = asyncio.ensure_future(self._within(deadline, work))
+        if claim is not None:
+            claim.settle_with(task)  # the key now follows the answer's task, not this request
         if channel is not None:
             task.add_done_callback(lambda _: channel.close())
         return Answering(deadline, task, started, channel)
@@ -264,9 +266,10 @@ class SpeechService:
         claim: Claim | None,
         deadline: float,
     ) -> tuple[SpeechResult, bool]:
-        """Let the model answer into `stream`, commit the audio with its record (on any failure
-        nothing is left behind), keep it for the idempotency key and sign its URL. Returns the result
-        and whether it is an earlier answer (another instance kept one for the key first)."""
+        """Let the model answer into `stream`, commit the audio with its record, sign its URL and keep
+        it for the idempotency key: all or nothing, so on any failure (the deadline included) nothing
+        is left behind, before the commit or after it. Returns the result and whether it is an earlier
+        answer (another instance kept one for the key first)."""
         try:
             with telemetry.phase("stream"):
                 spoken, lease = await self._speak(lease, question, stream, timeline, deadline)
@@ -296,12 +299,19 @@ class SpeechService:
             await stream.abort()
             raise
         timeline.mark("committed")
-        with telemetry.phase("sign"):
-            result = await self._signed(record, timeline)
-        if claim is None:
+        try:
+            with telemetry.phase("sign"):
+                result = await self._signed(record, timeline)
+            if claim is None:
+                return result, False
+            kept, replayed = await claim.keep(result.record())
+        except BaseException:
+            await self._discard(record, claim)
+            raise
+        if not replayed:
             return result, False
-        kept, replayed = await claim.keep(result.record(), self._discard)
-        return (await self._signed(kept) if replayed else result), replayed
+        await self._discard(record)  # another instance kept its answer first
+        return await self._signed(kept), True
 
     async def _speak(
         self,
@@ -337,7 +347,7 @@ class SpeechService:
         try:
             outcomes = await asyncio.gather(*writes.values(), return_exceptions=True)
         except BaseException:  # cancelled while writing: any write may have landed
-            await self._delete_quietly(*names)
+            await self._quietly(*map(self.store.delete, names))
             raise
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
@@ -346,19 +356,22 @@ class SpeechService:
                 for name, outcome in zip(names, outcomes, strict=True)
                 if not isinstance(outcome, BaseException)
             ]
-            await self._delete_quietly(*written)
+            await self._quietly(*map(self.store.delete, written))
             raise failures[0]
 
-    async def _discard(self, record: SpeechRecord) -> None:
-        """Remove an answer no caller will be given (it lost the race for its idempotency key)."""
+    async def _discard(self, record: SpeechRecord, claim: Claim | None = None) -> None:
+        """Remove a committed answer no caller will be given (a failure after its commit, or it lost
+        the race for its idempotency key), with the key's record when `claim` may have written it."""
         names = [record.blob_name, record_name(record.blob_name)]
-        await self._delete_quietly(*names, *([record.input_blob_name] if record.input_blob_name else []))
+        names += [record.input_blob_name] if record.input_blob_name else []
+        withdrawal = [claim.withdraw(record)] if claim is not None else []
+        await self._quietly(*map(self.store.delete, names), *withdrawal)
 
-    async def _delete_quietly(self, *blob_names: str) -> None:
-        """Best effort, bounded: remove blobs no caller will be given."""
+    async def _quietly(self, *cleanups: Awaitable[object]) -> None:
+        """Best effort, bounded: clean up after a failure, whose error is the one that counts."""
         with contextlib.suppress(ServiceError, TimeoutError):
             async with asyncio.timeout(CLEANUP_SECONDS):
-                await asyncio.gather(*(self.store.delete(name) for name in blob_names))
+                await asyncio.gather(*cleanups)
 
     async def _signed(self, record: SpeechRecord, timeline: Timeline | None = None) -> SpeechResult:
         """The record with fresh read-only URLs (and, for a new answer, its final timings)."""

@@ -174,6 +174,12 @@ class SpeechClient:
         async with self.http.post(f"{self.emulator_url}/_emulator/handshake-faults", json=fault) as response:
             assert response.status == 200, await response.text()
 
+    async def script_sessions(self, scenario: str, count: int) -> None:
+        """Make the emulator's next `count` sessions follow `scenario` (e.g. `error_mid`)."""
+        fault = {"scenario": scenario, "count": count}
+        async with self.http.post(f"{self.emulator_url}/_emulator/scenario-faults", json=fault) as response:
+            assert response.status == 200, await response.text()
+
     async def emulator_stats(self, wait_idle: float = 0) -> dict[str, Any]:
         """The emulator's counters; with `wait_idle`, once no session is open (or after that many s)."""
         query = f"?wait_idle={wait_idle}" if wait_idle else ""

@@ -1012,6 +1012,22 @@ async def test_idle_timeout_requests_are_checked(emulator: Emulator, body: Any) 
     assert status == 400
 
 
+async def test_injected_scenario_faults_script_the_next_connections(emulator: Emulator) -> None:
+    status, fault = await control(emulator, "POST", "/_emulator/scenario-faults", {"scenario": "drop"})
+    assert (status, fault) == (200, {"scenario": "drop", "remaining": 1})
+    ids = []
+    for _ in range(2):
+        async with connected(emulator) as (_, created):
+            ids.append(created["session"]["id"])
+    scenarios = {record["session_id"]: record["scenario"] for record in await session_records(emulator)}
+    assert [scenarios[session_id] for session_id in ids] == ["drop", "normal"]
+
+
+@pytest.mark.parametrize("body", [{"scenario": "handshake_429"}, {"scenario": "nope"}, {"count": 1}])
+async def test_scenario_fault_requests_are_checked(emulator: Emulator, body: dict[str, Any]) -> None:
+    assert (await control(emulator, "POST", "/_emulator/scenario-faults", body))[0] == 400
+
+
 async def test_health_and_clearing_the_session_log(emulator: Emulator) -> None:
     assert await control(emulator, "GET", "/_emulator/health") == (200, {"status": "ok"})
     async with connected(emulator):

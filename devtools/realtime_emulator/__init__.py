@@ -125,16 +125,18 @@ Limits
 Control routes (same port)
     ``POST /_emulator/handshake-faults`` ``{"status": 400|401|403|404|429|500|503, "count": N,
     "retry_after": S}`` refuses the next N handshakes (``"retry_after_ms": MS`` instead asks for a
-    wait in milliseconds). ``GET /_emulator/sessions`` lists session records (see
-    :class:`~devtools.realtime_emulator.session.SessionRecord`; credentials are never recorded);
-    ``DELETE /_emulator/sessions`` clears them; ``GET /_emulator/sessions/{id}/input_audio`` returns
-    the raw bytes of the session's last committed input audio (``?item_id=`` another one; 404 when
-    none). ``GET /_emulator/quota`` gives ``{"max_sessions", "requests_per_minute", "open_sessions",
-    "admitted_last_minute"}``; ``POST /_emulator/quota`` ``{"max_sessions": N, "requests_per_minute":
-    M}`` sets the fields given (null: no limit). ``GET /_emulator/admissions`` lists every handshake's
-    outcome: ``{"time" (Unix seconds), "outcome": "admitted"|"refused", "status" (101 when admitted),
-    "reason" (null, max_sessions, requests_per_minute, handshake_fault, scenario, unauthorized,
-    bad_request), "retry_after", "retry_after_ms", "open_sessions" (open when decided)}``;
+    wait in milliseconds); ``POST /_emulator/scenario-faults`` ``{"scenario": NAME, "count": N}``
+    starts the next N admitted connections under that response scenario. ``GET /_emulator/sessions``
+    lists session records (see :class:`~devtools.realtime_emulator.session.SessionRecord`; credentials
+    are never recorded); ``DELETE /_emulator/sessions`` clears them;
+    ``GET /_emulator/sessions/{id}/input_audio`` returns the raw bytes of the session's last committed
+    input audio (``?item_id=`` another one; 404 when none). ``GET /_emulator/quota`` gives
+    ``{"max_sessions", "requests_per_minute", "open_sessions", "admitted_last_minute"}``;
+    ``POST /_emulator/quota`` ``{"max_sessions": N, "requests_per_minute": M}`` sets the fields given
+    (null: no limit). ``GET /_emulator/admissions`` lists every handshake's outcome: ``{"time" (Unix
+    seconds), "outcome": "admitted"|"refused", "status" (101 when admitted), "reason" (null,
+    max_sessions, requests_per_minute, handshake_fault, scenario, unauthorized, bad_request),
+    "retry_after", "retry_after_ms", "open_sessions" (open when decided)}``;
     ``DELETE /_emulator/admissions`` clears it and the rolling minute. ``POST /_emulator/handshake-delay``
     ``{"ms": N}`` (also ``--handshake-delay-ms``) makes every handshake wait N ms before it is answered,
     refused or not: what Azure's network, TLS and authentication cost. ``POST /_emulator/idle-timeout``

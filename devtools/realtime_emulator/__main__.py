@@ -27,6 +27,7 @@ scenario parameters:
 
 control routes on the same port:
   POST   /_emulator/handshake-faults  {{"status": 429, "count": N, "retry_after": S}}
+  POST   /_emulator/scenario-faults   {{"scenario": "error_mid", "count": N}}
   GET|POST /_emulator/handshake-delay {{"ms": N}}: every handshake waits N ms before its answer
   GET|POST /_emulator/idle-timeout    {{"seconds": S}}: close sessions idle S seconds (null: never)
   GET    /_emulator/sessions          session records (no credentials)

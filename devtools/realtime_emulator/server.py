@@ -19,7 +19,14 @@ from aiohttp import web
 from . import protocol
 from .auth import AuthenticationError, Authenticator
 from .quota import QUOTA_FIELDS, Admissions, Quota, whole_seconds
-from .scenarios import HANDSHAKE_STATUSES, Scenario, ScenarioError, scenario_from_query
+from .scenarios import (
+    HANDSHAKE_STATUSES,
+    RESPONSE_SCENARIOS,
+    Scenario,
+    ScenarioError,
+    build_scenario,
+    scenario_from_query,
+)
 from .session import RealtimeSession, SessionRecord
 from .speech import Engine
 
@@ -73,12 +80,19 @@ class HandshakeFault:
 
 
 @dataclass
+class ScenarioFault:
+    scenario: Scenario
+    remaining: int
+
+
+@dataclass
 class EmulatorState:
     config: EmulatorConfig
     authenticator: Authenticator
     records: list[SessionRecord] = field(default_factory=list)
     open_sessions: set[RealtimeSession] = field(default_factory=set)
     fault: HandshakeFault | None = None
+    scenario_fault: ScenarioFault | None = None
     connections_total: int = 0
     refusals_by_status: dict[int, int] = field(default_factory=dict)
     admissions: Admissions = field(default_factory=Admissions)
@@ -108,6 +122,13 @@ class EmulatorState:
         fault.remaining -= 1
         return fault
 
+    def take_scenario_fault(self) -> Scenario | None:
+        fault = self.scenario_fault
+        if fault is None or fault.remaining <= 0:
+            return None
+        fault.remaining -= 1
+        return fault.scenario
+
 
 STATE = web.AppKey("state", EmulatorState)
 
@@ -123,6 +144,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     )
     app.router.add_get(REALTIME_PATH, realtime)
     app.router.add_post("/_emulator/handshake-faults", set_handshake_faults)
+    app.router.add_post("/_emulator/scenario-faults", set_scenario_faults)
     app.router.add_get("/_emulator/handshake-delay", get_handshake_delay)
     app.router.add_post("/_emulator/handshake-delay", set_handshake_delay)
     app.router.add_get("/_emulator/idle-timeout", get_idle_timeout)
@@ -172,6 +194,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         asked = None if scenario.retry_after is None else scenario.retry_after * 1000
         return refuse(state, scenario.handshake_status, "scenario", retry_after_ms=asked)
 
+    scenario = state.take_scenario_fault() or scenario
     state.admissions.admitted(len(state.open_sessions), time.time())
     await ws.prepare(request)
     session = _open_session(state, ws, request, model, identity.as_record(), scenario)
@@ -282,6 +305,25 @@ async def set_handshake_faults(request: web.Request) -> web.Response:
         status, count, retry_after * 1000 if retry_after is not None else retry_after_ms
     )
     return web.json_response(_fault_json(state.fault))
+
+
+async def set_scenario_faults(request: web.Request) -> web.Response:
+    """``{"scenario": "error_mid", "count": 1}``: the next ``count`` admitted connections start under
+    that response scenario (as if their handshake query had chosen it)."""
+    try:
+        body = await request.json()
+        name = body["scenario"]
+        count = body.get("count", 1)
+        scenario = build_scenario(name, {}) if name in RESPONSE_SCENARIOS else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return web.json_response({"error": "expected JSON {scenario, count}"}, status=400)
+    if scenario is None or not _is_count(count):
+        return web.json_response(
+            {"error": f"scenario must be one of {list(RESPONSE_SCENARIOS)}; count: an integer >= 0"},
+            status=400,
+        )
+    request.app[STATE].scenario_fault = ScenarioFault(scenario, count)
+    return web.json_response({"scenario": name, "remaining": count})
 
 
 def _is_count(value: object) -> bool:
