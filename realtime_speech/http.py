@@ -94,6 +94,17 @@ async def speech_service() -> SpeechService:
     return _service
 
 
+async def warm_up() -> None:
+    """The warm-up trigger: make the process-wide service now and let it prepare what a first request
+    would wait for (`SpeechService.warm_up`). Bad settings are left for the requests to report."""
+    try:
+        service = await speech_service()
+    except ServiceError as exc:
+        log.warning("warm-up skipped: %s", exc)
+        return
+    await service.warm_up()
+
+
 async def _close_quietly(service: SpeechService) -> None:
     """Close a service whose loop is gone; its connections may already be unusable."""
     try:
@@ -399,6 +410,8 @@ class Outcome:
             fields["audio_seconds"] = result.audio.duration_seconds
             fields["response_status"] = result.status
             fields["backend"] = result.backend
+        if timeline.spare_session is not None:
+            fields["spare_session"] = timeline.spare_session
         if replayed:
             fields["replayed"] = True
         if stream:
