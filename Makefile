@@ -48,6 +48,7 @@ infra-check: $(IAC_VENV)/.installed
 
 bench: setup
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.spares
 
 clean:
 	rm -rf $(VENV) node_modules .devstate out .pytest_cache .ruff_cache .hypothesis

@@ -146,6 +146,8 @@ class Outcome:
             fields["audio_seconds"] = result.audio.duration_seconds
             fields["response_status"] = result.status
             fields["backend"] = result.backend
+        if timeline.spare_session is not None:
+            fields["spare_session"] = timeline.spare_session
         if replayed:
             fields["replayed"] = True
         if stream:

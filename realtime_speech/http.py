@@ -59,6 +59,17 @@ _PLAYGROUND_HEADERS = {
 }
 
 
+async def warm_up() -> None:
+    """The warm-up trigger: make the process-wide service now and let it prepare what a first request
+    would wait for (`SpeechService.warm_up`). Bad settings are left for the requests to report."""
+    try:
+        service = await speech_service()
+    except ServiceError as exc:
+        log.warning("warm-up skipped: %s", exc)
+        return
+    await service.warm_up()
+
+
 async def speech(req: Request) -> Response:
     """`POST /api/speech`: a question in; its spoken answer's URL and transcript out, as JSON or as
     the events of the answer while it is spoken."""

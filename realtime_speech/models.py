@@ -216,6 +216,8 @@ class Timeline:
     def __init__(self) -> None:
         self._start = time.perf_counter()
         self.marks: dict[str, float] = {}
+        self.spare_session: bool | None = None
+        """Whether the model session was a spare opened before the request (None: no session)."""
 
     def mark(self, name: str) -> None:
         """Record the first time `name` happens; later calls keep the first."""

@@ -54,7 +54,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -180,6 +180,8 @@ class BackendPool:
         self._clock = clock
         self._rng = rng or random.Random()
         self._spills = len(backends) > 1
+        self.spare_counts: Callable[[], Mapping[str, Mapping[str, Any]]] = dict
+        """Per backend name, its spare sessions (`spares.SpareSessions.status`), for `status()`."""
 
     def __len__(self) -> int:
         return len(self._backends)
@@ -187,10 +189,18 @@ class BackendPool:
     def status(self) -> list[dict[str, Any]]:
         """Per backend: name, host, deployment, priority, weight, state (`ok`, `cooling`, `open`,
         `half-open`; cooling and open with `until` in ISO-8601 UTC and `seconds_left`), sessions in
-        flight, consecutive failures and, while there are any, `last_failure` (the latest one's
-        detail, e.g. a missing deployment). Never a full endpoint URL, never a credential."""
+        flight, consecutive failures, while there are any `last_failure` (the latest one's detail, e.g.
+        a missing deployment), and `spares` (count, age in seconds of the oldest; None: none). Never a
+        full endpoint URL, never a credential."""
         now, wall = self._clock(), datetime.now(UTC)
-        return [self._status_of(backend, now, wall) for backend in self._backends]
+        spares = self.spare_counts()
+        return [
+            {
+                **self._status_of(backend, now, wall),
+                "spares": dict(spares.get(backend.name, {"count": 0, "oldest_age_seconds": None})),
+            }
+            for backend in self._backends
+        ]
 
     def _status_of(self, backend: _Backend, now: float, wall: datetime) -> dict[str, Any]:
         settings = backend.settings
@@ -211,6 +221,24 @@ class BackendPool:
         if backend.last_failure is not None:
             entry["last_failure"] = backend.last_failure
         return entry
+
+    # --- used by spare sessions (see `spares`) ------------------------------------------------------
+
+    def next_choices(self) -> list[BackendSettings]:
+        """The backends a request would go to now: the available ones of the first priority group
+        (none that is cooling, open or half-open: a probe must be a request's)."""
+        now = self._clock()
+        ready = [b for b in self._backends if b.available(now) and not b.half_open(now)]
+        first = min((b.settings.priority for b in ready), default=None)
+        return [b.settings for b in ready if b.settings.priority == first]
+
+    def adopt(self, backend: BackendSettings, value: T) -> Lease[T] | None:
+        """A session opened earlier on `backend` becomes a request's lease, counted in flight, if the
+        backend is one a request would go to now; else None."""
+        if backend not in self.next_choices():
+            return None
+        self._by_name[backend.name].in_flight += 1
+        return Lease(self, backend, value)
 
     # --- used by `connect` and `Lease` -------------------------------------------------------------
 
@@ -379,6 +407,18 @@ async def connect(
             raise last from None
         asked = min(waits)
     raise AssertionError("unreachable")
+
+
+async def open_spare(
+    pool: BackendPool, backend: BackendSettings, open_backend: Callable[[BackendSettings], Awaitable[T]]
+) -> T:
+    """One handshake on `backend` for a session held in advance, counted as a request's attempt (a 429
+    cools the backend, a failure counts toward its circuit). Once open it is not in flight."""
+    slot = _Slot(pool._by_name[backend.name], probe=False)
+    slot.backend.in_flight += 1
+    value = await _attempt(pool, slot, open_backend)
+    pool._release(backend.name)
+    return value
 
 
 async def _attempt(

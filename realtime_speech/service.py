@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
+import logging
 import math
 import re
 from collections.abc import Awaitable, Sequence
@@ -30,7 +32,7 @@ from .audio_input import SpokenQuestion, decode_question
 from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, PCM_SESSION_FORMAT, OutputFormat
 from .errors import ContextTooLong, DeadlineExceeded, InvalidRequest, PayloadTooLarge, ServiceError
 from .idempotency import Claim, IdempotencyKeys
-from .identity import app_credential, openai_token_provider
+from .identity import app_credential, openai_token_expires_on, openai_token_provider
 from .models import (
     MAX_OUTPUT_TOKENS,
     AnswerReference,
@@ -44,12 +46,24 @@ from .models import (
     Timeline,
 )
 from .pool import BackendPool, Lease, connect
-from .realtime import RealtimeBackend, RealtimeSession, Turn, VoiceRequest, realtime_client
+from .realtime import (
+    RealtimeBackend,
+    RealtimeSession,
+    SessionLost,
+    SpokenAnswer,
+    Turn,
+    VoiceRequest,
+    prepare_first_answer,
+    realtime_client,
+)
 from .settings import BackendSettings, Settings
+from .spares import SpareSessions
 from .storage import AudioStore, blob_service_client
 from .wav import PCM16_24KHZ_MONO
 
 T = TypeVar("T")
+
+log = logging.getLogger("realtime_speech.service")
 
 CLEANUP_SECONDS = 5.0
 # An earlier spoken turn goes to the session as one event, which must stay under 15 MiB (base64).
@@ -63,6 +77,8 @@ TOKENS_PER_ITEM = 8
 AUDIO_TOKENS_PER_SECOND = 10
 # An answer's audio id: the date path and name of its stored file ("audio_" yyyymmdd hex32).
 _AUDIO_ID = re.compile(r"audio_(\d{4})(\d{2})(\d{2})([0-9a-f]{32})")
+# The longest a warm-up waits for its first spare sessions.
+WARM_UP_SECONDS = 10.0
 # The audio facts a caller is told before the first byte (`speech.started`).
 STARTED_FACTS = {"format", "encoding", "sample_rate", "channels", "bits_per_sample", "bitrate_kbps"}
 
@@ -75,6 +91,8 @@ class Question:
     output: OutputFormat
     spoken: SpokenQuestion | None = None
     """The spoken question as received, decoded; None for a text question."""
+    deployment: str | None = None
+    """The deployment that must answer (a model of the OpenAI-compatible API); None: any."""
 
 
 class SpeechService:
@@ -103,6 +121,18 @@ class SpeechService:
         self.started = int(datetime.now(UTC).timestamp())
         """When the service was made (Unix seconds)."""
         self._keys = IdempotencyKeys(store)
+        self.spares = SpareSessions(
+            self.pool,
+            self._open_spare,
+            count=settings.realtime_spare_sessions,
+            max_age_seconds=settings.realtime_spare_max_age_seconds,
+            idle_seconds=settings.realtime_spare_idle_seconds,
+            token_expiry=(
+                None
+                if settings.azure_openai_api_key
+                else functools.partial(openai_token_expires_on, credential)
+            ),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeechService:
@@ -173,18 +203,18 @@ class SpeechService:
         claim: Claim | None,
     ) -> Answering:
         question = await self._within(deadline, self.question(request, audio_type, conversation))
-        attempts = itertools.count(1)
-
-        async def open_backend(backend: BackendSettings) -> RealtimeSession:
-            with telemetry.attempt(backend.name, next(attempts)):
-                return await self.backends[backend.name].open()
-
         with telemetry.phase("connect"):
-            lease = await self._within(
-                deadline, connect(self.pool, open_backend, deadline, deployment=conversation.deployment)
-            )
+            lease = self.spares.take(question.deployment)
+            timeline.spare_session = lease is not None
+            if lease is None:
+                lease = await self._within(deadline, self._connect(deadline, question.deployment))
         timeline.mark("connected")
-        telemetry.set_attributes(backend=lease.name, voice=question.voice.voice, format=question.output.name)
+        telemetry.set_attributes(
+            backend=lease.name,
+            voice=question.voice.voice,
+            format=question.output.name,
+            spare_session=timeline.spare_session,
+        )
         blob_name = f"{datetime.now(UTC):%Y/%m/%d}/{uuid4().hex}{question.output.extension}"
         channel = EventChannel() if events else None
         encoder = question.output.encoder(mp3_bitrate_kbps=self.settings.audio_mp3_bitrate_kbps)
@@ -194,13 +224,41 @@ class SpeechService:
             stream.question = self._question_file(question.spoken, blob_name)
         known = encoder.facts().model_dump(include=STARTED_FACTS, exclude_none=True)
         started = {"type": "speech.started", "request_id": request_id, "blob_name": blob_name, **known}
-        work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim)
+        work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim, deadline)
         task = asyncio.ensure_future(self._within(deadline, work))
         if claim is not None:
             claim.settle_with(task)  # the key now follows the answer's task, not this request
         if channel is not None:
             task.add_done_callback(lambda _: channel.close())
         return Answering(deadline, task, started, channel)
+
+    async def _connect(self, deadline: float, deployment: str | None) -> Lease[RealtimeSession]:
+        """A new session on the backend the pool chooses among those of `deployment` (all for None),
+        spilling over and retrying (see `pool`)."""
+        attempts = itertools.count(1)
+
+        async def open_backend(backend: BackendSettings) -> RealtimeSession:
+            with telemetry.attempt(backend.name, next(attempts)):
+                return await self.backends[backend.name].open()
+
+        return await connect(self.pool, open_backend, deadline, deployment=deployment)
+
+    async def _open_spare(self, backend: BackendSettings) -> RealtimeSession:
+        return await self.backends[backend.name].open_spare()
+
+    async def warm_up(self) -> None:
+        """Prepare what a first request would otherwise wait for: the storage container and delegation
+        key, the Azure OpenAI token (and with it the first connections), the spare sessions, the SDK's
+        event types. Bounded;
+        a failure is logged and left to the requests, which try again."""
+        work = asyncio.gather(
+            prepare_first_answer(), self.store.ready(), self._check_identity(), self.spares.ready()
+        )
+        try:
+            async with asyncio.timeout(WARM_UP_SECONDS):
+                await work
+        except Exception as exc:
+            log.warning("warm-up incomplete: %s", _describe(exc))
 
     async def question(
         self, request: SpeechRequest, audio_type: str | None = None, conversation: Conversation | None = None
@@ -235,7 +293,7 @@ class SpeechService:
         )
         if conversation.history or conversation.instructions:
             _check_context(voice, audio_seconds)
-        return Question(voice, output, spoken)
+        return Question(voice, output, spoken, conversation.deployment)
 
     async def _turns(self, history: Sequence[HistoryTurn]) -> tuple[Turn, ...]:
         """The turns as the session takes them: audio decoded to PCM, earlier answers as their
@@ -288,18 +346,15 @@ class SpeechService:
         request_id: str,
         timeline: Timeline,
         claim: Claim | None,
+        deadline: float,
     ) -> tuple[SpeechResult, bool]:
         """Let the model answer into `stream`, commit the audio with its record, sign its URL and keep
         it for the idempotency key: all or nothing, so on any failure (the deadline included) nothing
         is left behind, before the commit or after it. Returns the result and whether it is an earlier
         answer (another instance kept one for the key first)."""
         try:
-            try:
-                with telemetry.phase("stream"):
-                    spoken = await lease.value.answer(question.voice, stream, timeline)
-            finally:
-                await lease.value.close()
-                lease.release()
+            with telemetry.phase("stream"):
+                spoken, lease = await self._speak(lease, question, stream, timeline, deadline)
             telemetry.record_usage(spoken.usage)
             record = SpeechRecord(
                 request_id=request_id,
@@ -339,6 +394,25 @@ class SpeechService:
             return result, False
         await self._discard(record)  # another instance kept its answer first
         return await self._signed(kept), True
+
+    async def _speak(
+        self,
+        lease: Lease[RealtimeSession],
+        question: Question,
+        stream: AnswerStream,
+        timeline: Timeline,
+        deadline: float,
+    ) -> tuple[SpokenAnswer, Lease[RealtimeSession]]:
+        """The answer, and the lease of the session that gave it: a spare that the service closed
+        before it answered anything costs a new session within the deadline, never an error."""
+        try:
+            return await _spoken_on(lease, question, stream, timeline), lease
+        except SessionLost:
+            log.info("spare session to backend %s was closed by the service: connecting", lease.name)
+        fresh = await self._connect(deadline, question.deployment)
+        timeline.spare_session = False
+        telemetry.set_attributes(backend=fresh.name, spare_session=False)
+        return await _spoken_on(fresh, question, stream, timeline), fresh
 
     async def _commit(self, stream: AnswerStream, record: SpeechRecord) -> None:
         """Commit the audio, save its record (and commit the spoken question) in parallel; if any
@@ -430,6 +504,7 @@ class SpeechService:
             await openai_token_provider(self.credential)()
 
     async def close(self) -> None:
+        await self.spares.close()
         await self.store.close()
         for backend in self.backends.values():
             await backend.close()
@@ -496,6 +571,17 @@ def _require_pcm(spoken: SpokenQuestion, param: str) -> None:
         raise InvalidRequest(
             "G.711 WAV audio is not accepted in a conversation; send PCM WAV or MP3.", param=param
         )
+
+
+async def _spoken_on(
+    lease: Lease[RealtimeSession], question: Question, stream: AnswerStream, timeline: Timeline
+) -> SpokenAnswer:
+    """Ask on the lease's session, then close it and end its count in the pool."""
+    try:
+        return await lease.value.answer(question.voice, stream, timeline)
+    finally:
+        await lease.value.close()
+        lease.release()
 
 
 def record_name(audio_name: str) -> str:

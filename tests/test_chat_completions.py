@@ -628,12 +628,17 @@ async def test_the_readmes_client_examples_run_as_written(
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def two_models(stack: Stack, speech_host: SpeechHost) -> AsyncIterator[SpeechClient]:
-    """A pool of two deployments on the emulator: `gpt-realtime` first by priority, `gpt-realtime-mini`."""
+    """A pool of two deployments on the emulator, `gpt-realtime` first by priority, then
+    `gpt-realtime-mini`, with spare sessions."""
     backends = [
         {"name": "full", "endpoint": stack.openai_endpoint, "deployment": "gpt-realtime", "priority": 1},
         {"name": "mini", "endpoint": stack.openai_endpoint, "deployment": "gpt-realtime-mini", "priority": 2},
     ]
-    settings = {"AZURE_OPENAI_BACKENDS": json.dumps(backends), "AZURE_OPENAI_ENDPOINT": None}
+    settings = {
+        "AZURE_OPENAI_BACKENDS": json.dumps(backends),
+        "AZURE_OPENAI_ENDPOINT": None,
+        "REALTIME_SPARE_SESSIONS": "2",  # spares of both deployments are open; each model takes its own
+    }
     async with speech_host(**settings) as host:
         yield host
 

@@ -136,6 +136,28 @@ def test_importing_the_module_does_not_import_aiohttp_or_the_app(module: str) ->
 # --- in process: the driver and the ASGI app --------------------------------------------------------
 
 
+async def test_the_warm_up_function_runs_once_before_serving_and_its_failure_is_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[object] = []
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.warm_up_trigger(arg_name="context")
+    async def warmup(context: func.warmup.WarmUpContext) -> None:
+        calls.append(context)
+        raise RuntimeError("the warm-up failed")
+
+    @app.route(route="ping", methods=["GET"])
+    async def ping(req: Request) -> Response:
+        return Response("pong")
+
+    assert [route.name for route in devhost.http_routes(app, "api")] == ["ping"]
+    assert "Skipping" not in caplog.text  # the warm-up function is not an unserved trigger
+    await devhost.warm_up(app)
+    assert len(calls) == 1 and isinstance(calls[0], func.warmup.WarmUpContext)
+    assert "Warm-up function warmup failed" in caplog.text
+
+
 async def test_driver_posts_speech_as_json_under_the_route_prefix() -> None:
     async with FunctionDriver(sample.app) as driver:
         response = await driver.post_speech({"text": "hi"}, headers={"Idempotency-Key": "k1"})

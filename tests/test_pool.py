@@ -30,6 +30,7 @@ from realtime_speech.pool import (
     BackendPool,
     Lease,
     connect,
+    open_spare,
 )
 from realtime_speech.settings import BackendSettings
 
@@ -632,6 +633,7 @@ async def test_status_names_backends_without_endpoints_or_secrets() -> None:
         "state": "ok",
         "in_flight": 0,
         "consecutive_failures": 0,
+        "spares": {"count": 0, "oldest_age_seconds": None},
     }
     assert "https://" not in repr(pool.status())
 
@@ -641,3 +643,45 @@ def test_a_pool_needs_backends_with_unique_names() -> None:
         make_pool()
     with pytest.raises(ValueError, match="unique"):
         make_pool(backend("a"), backend("a"))
+
+
+# --- the hooks of spare sessions -------------------------------------------------------------------------
+
+
+async def test_spares_go_only_where_a_request_would_go_and_count_like_its_attempts() -> None:
+    clock = FakeClock()
+    a, b, c = backend("a"), backend("b"), backend("c", priority=2)
+    pool = make_pool(a, b, c, clock=clock)
+    opener = FakeOpen()
+    assert pool.next_choices() == [a, b]
+    opener.fail_next("a", limited(10))
+    with pytest.raises(UpstreamRateLimited):
+        await open_spare(pool, a, opener)
+    assert state(pool, "a")["state"] == "cooling"
+    assert pool.next_choices() == [b]
+    for _ in range(THRESHOLD):
+        opener.fail_next("b", down)
+        with pytest.raises(UpstreamUnavailable):
+            await open_spare(pool, b, opener)
+    assert state(pool, "b")["state"] == "open"
+    assert pool.next_choices() == [c]
+    assert await open_spare(pool, c, opener) == "session on c"
+    assert state(pool, "c")["in_flight"] == 0  # a spare is not in flight until a request takes it
+    clock.advance(COOLDOWN)
+    assert state(pool, "b")["state"] == "half-open"
+    assert pool.next_choices() == [a]  # a half-open circuit's probe is a request's, never a spare's
+    assert pool.adopt(c, "session on c") is None  # no longer where a request would go
+    lease = pool.adopt(a, "earlier session on a")
+    assert lease is not None and lease.value == "earlier session on a"
+    assert state(pool, "a")["in_flight"] == 1
+    lease.release()
+    assert state(pool, "a")["in_flight"] == 0
+
+
+def test_status_shows_the_spares_each_backend_holds() -> None:
+    pool = make_pool(backend("a"), backend("b"))
+    pool.spare_counts = lambda: {"b": {"count": 2, "oldest_age_seconds": 12.5}}
+    assert [entry["spares"] for entry in pool.status()] == [
+        {"count": 0, "oldest_age_seconds": None},
+        {"count": 2, "oldest_age_seconds": 12.5},
+    ]

@@ -35,7 +35,7 @@ import soxr
 from openai import AsyncOpenAI, Omit
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from openai.types.realtime import RealtimeServerEvent
-from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
 from devtools.certs import ensure_dev_certs
 from devtools.process import PORT_PLACEHOLDER, REPO_ROOT, ServiceProcess, free_port, http_probe
@@ -1002,6 +1002,67 @@ async def test_handshake_fault_requests_are_checked(emulator: Emulator, body: di
     assert status == 400
 
 
+async def test_a_handshake_delay_holds_every_handshake_until_it_is_reset(emulator: Emulator) -> None:
+    assert await control(emulator, "POST", "/_emulator/handshake-delay", {"ms": 300}) == (200, {"ms": 300})
+    try:
+        assert await control(emulator, "GET", "/_emulator/handshake-delay") == (200, {"ms": 300})
+        started = time.monotonic()
+        async with connected(emulator) as (_, created):
+            waited = time.monotonic() - started
+            assert created["session"]["id"]
+        error = await refused(emulator, scenario="handshake_503")
+        assert error.response.status_code == 503
+        _, stats = await control(emulator, "GET", "/_emulator/stats")
+        assert stats["handshake_delay_ms"] == 300
+    finally:
+        await control(emulator, "POST", "/_emulator/handshake-delay", {"ms": 0})
+    assert waited >= 0.3  # a lower bound: the delay is never skipped
+    assert await control(emulator, "GET", "/_emulator/handshake-delay") == (200, {"ms": 0})
+
+
+@pytest.mark.parametrize(
+    "body", [{"ms": -1}, {"ms": "150"}, {"ms": True}, {"ms": 60_001}, {}, {"ms": 1, "extra": 2}, [1]]
+)
+async def test_handshake_delay_requests_are_checked(emulator: Emulator, body: Any) -> None:
+    status, _ = await control(emulator, "POST", "/_emulator/handshake-delay", body)
+    assert status == 400
+    assert await control(emulator, "GET", "/_emulator/handshake-delay") == (200, {"ms": 0})
+
+
+async def test_an_idle_session_is_closed_and_a_busy_one_is_not(emulator: Emulator) -> None:
+    """A session held open without a client event ends at the idle timeout with a close frame; the
+    record tells when it opened and that no `session.update` ever came."""
+    assert await control(emulator, "POST", "/_emulator/idle-timeout", {"seconds": 0.5}) == (
+        200,
+        {"seconds": 0.5},
+    )
+    try:
+        async with connected(emulator) as (idle, created):
+            with pytest.raises(ConnectionClosedOK) as closed:
+                await receive(idle)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+        record = await ended_record(emulator, created["session"]["id"])
+        assert record["ended_by"] == "emulator_idle_timeout"
+        assert record["first_session_update_at"] is None
+        assert record["opened_at"] < record["ended_at"]
+        async with connected(emulator, scenario="slow", pace="1", seconds="1") as (busy, created):
+            await busy.session.update(session={"type": "realtime", "instructions": "Slowly."})
+            turn = await ask(busy, "Held longer than the idle timeout by its answer.")
+        assert turn.last("response.done")["response"]["status"] == "completed"
+        record = await ended_record(emulator, created["session"]["id"])
+        assert record["ended_by"] == "client_close"
+        assert record["opened_at"] <= record["first_session_update_at"] <= record["ended_at"]
+    finally:
+        await control(emulator, "POST", "/_emulator/idle-timeout", {"seconds": None})
+    assert await control(emulator, "GET", "/_emulator/idle-timeout") == (200, {"seconds": None})
+
+
+@pytest.mark.parametrize("body", [{"seconds": 0}, {"seconds": -1}, {"seconds": "1"}, {}, None])
+async def test_idle_timeout_requests_are_checked(emulator: Emulator, body: Any) -> None:
+    status, _ = await control(emulator, "POST", "/_emulator/idle-timeout", body)
+    assert status == 400
+
+
 async def test_injected_scenario_faults_script_the_next_connections(emulator: Emulator) -> None:
     status, fault = await control(emulator, "POST", "/_emulator/scenario-faults", {"scenario": "drop"})
     assert (status, fault) == (200, {"scenario": "drop", "remaining": 1})
@@ -1095,6 +1156,8 @@ def test_help_documents_the_scenarios() -> None:
         assert name in result.stdout
     assert "[[emulator:NAME key=value ...]]" in result.stdout
     assert "/_emulator/handshake-faults" in result.stdout
+    for option in ("--handshake-delay-ms", "--idle-timeout-seconds", "/_emulator/idle-timeout"):
+        assert option in result.stdout
     for name in ("transcript_late", "transcript_never", "transcript_failed", "delay="):
         assert name in result.stdout
     for route in ("/_emulator/quota", "/_emulator/admissions", "/_emulator/sessions/ID/input_audio"):

@@ -274,6 +274,7 @@ async def test_the_request_continues_the_callers_trace_with_its_facts(run: Run, 
         "speech.voice": answer["voice"],
         "speech.format": "wav",
         "speech.backend": "default",
+        "speech.spare_session": "False",  # REALTIME_SPARE_SESSIONS is 0 by default
         "speech.response_status": "completed",
         "speech.audio_seconds": str(answer["audio"]["duration_seconds"]),
         "speech.first_audio_ms": str(answer["timings_ms"]["first_audio"]),

@@ -137,9 +137,14 @@ Control routes (same port)
     seconds), "outcome": "admitted"|"refused", "status" (101 when admitted), "reason" (null,
     max_sessions, requests_per_minute, handshake_fault, scenario, unauthorized, bad_request),
     "retry_after", "retry_after_ms", "open_sessions" (open when decided)}``;
-    ``DELETE /_emulator/admissions`` clears it and the rolling minute. ``GET /_emulator/health``;
-    ``GET /_emulator/stats`` (with ``?wait_idle=S`` it answers once no session is open, or after S
-    seconds, whichever comes first).
+    ``DELETE /_emulator/admissions`` clears it and the rolling minute. ``POST /_emulator/handshake-delay``
+    ``{"ms": N}`` (also ``--handshake-delay-ms``) makes every handshake wait N ms before it is answered,
+    refused or not: what Azure's network, TLS and authentication cost. ``POST /_emulator/idle-timeout``
+    ``{"seconds": S}`` (also ``--idle-timeout-seconds``; null: never) closes, with a close frame
+    (1000), every session that has had no client event and no response under way for S seconds
+    (``ended_by`` ``emulator_idle_timeout``): how a test kills a session held open in advance. Both
+    are read back with GET. ``GET /_emulator/health``; ``GET /_emulator/stats`` (with
+    ``?wait_idle=S`` it answers once no session is open, or after S seconds, whichever comes first).
 """
 
 from .audio_formats import decode_audio, encode_audio

@@ -57,6 +57,9 @@ REFUSAL_MESSAGES = {
     503: "The service is temporarily unable to process your request. Please try again later.",
 }
 DEFAULT_RETRY_AFTER = 1
+# How often sessions are checked against the idle timeout (at most this late past it).
+IDLE_CHECK_SECONDS = 0.05
+MAX_HANDSHAKE_DELAY_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class EmulatorConfig:
     token_public_key: bytes | None = None
     engine: Engine = "tones"
     quota: Quota = field(default_factory=Quota)
+    handshake_delay_ms: int = 0
+    idle_timeout_seconds: float | None = None
 
 
 @dataclass
@@ -91,6 +96,10 @@ class EmulatorState:
     connections_total: int = 0
     refusals_by_status: dict[int, int] = field(default_factory=dict)
     admissions: Admissions = field(default_factory=Admissions)
+    handshake_delay_ms: int = 0
+    """How long every handshake waits before it is answered (network and authentication in Azure)."""
+    idle_timeout_seconds: float | None = None
+    """Sessions idle this long (no client event, no response under way) are closed; None: never."""
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while no session is open: what `GET /_emulator/stats?wait_idle=S` waits on."""
 
@@ -130,10 +139,16 @@ def create_app(config: EmulatorConfig) -> web.Application:
         config,
         Authenticator(config.api_key, config.token_public_key),
         admissions=Admissions(Quota(**config.quota.as_json())),
+        handshake_delay_ms=config.handshake_delay_ms,
+        idle_timeout_seconds=config.idle_timeout_seconds,
     )
     app.router.add_get(REALTIME_PATH, realtime)
     app.router.add_post("/_emulator/handshake-faults", set_handshake_faults)
     app.router.add_post("/_emulator/scenario-faults", set_scenario_faults)
+    app.router.add_get("/_emulator/handshake-delay", get_handshake_delay)
+    app.router.add_post("/_emulator/handshake-delay", set_handshake_delay)
+    app.router.add_get("/_emulator/idle-timeout", get_idle_timeout)
+    app.router.add_post("/_emulator/idle-timeout", set_idle_timeout)
     app.router.add_get("/_emulator/sessions", list_sessions)
     app.router.add_delete("/_emulator/sessions", clear_sessions)
     app.router.add_get("/_emulator/sessions/{session_id}/input_audio", input_audio)
@@ -143,6 +158,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_delete("/_emulator/admissions", clear_admissions)
     app.router.add_get("/_emulator/health", health)
     app.router.add_get("/_emulator/stats", stats)
+    app.on_startup.append(start_idle_reaper)
     app.on_shutdown.append(close_open_sessions)
     return app
 
@@ -153,6 +169,8 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_MESSAGE_BYTES, compress=False)
     if not ws.can_prepare(request).ok:
         return refuse(state, 400, "bad_request", "Expected a WebSocket upgrade request.")
+    if state.handshake_delay_ms:
+        await asyncio.sleep(state.handshake_delay_ms / 1000)
     try:
         identity = state.authenticator.authenticate(request.headers)
     except AuthenticationError as error:
@@ -324,6 +342,77 @@ def _fault_json(fault: HandshakeFault | None) -> dict[str, Any] | None:
     }
 
 
+async def get_handshake_delay(request: web.Request) -> web.Response:
+    return web.json_response({"ms": request.app[STATE].handshake_delay_ms})
+
+
+async def set_handshake_delay(request: web.Request) -> web.Response:
+    """``{"ms": N}``: every handshake from now on waits N ms before it is answered (0: none)."""
+    body = await _json_object(request)
+    ms = body.get("ms") if body is not None else None
+    if body is None or set(body) != {"ms"} or not _is_count(ms) or ms > MAX_HANDSHAKE_DELAY_MS:
+        return web.json_response(
+            {"error": f"expected JSON {{ms}}: an integer from 0 to {MAX_HANDSHAKE_DELAY_MS}"}, status=400
+        )
+    state = request.app[STATE]
+    state.handshake_delay_ms = ms
+    log.info("handshake delay set: %d ms", ms)
+    return web.json_response({"ms": ms})
+
+
+async def get_idle_timeout(request: web.Request) -> web.Response:
+    return web.json_response({"seconds": request.app[STATE].idle_timeout_seconds})
+
+
+async def set_idle_timeout(request: web.Request) -> web.Response:
+    """``{"seconds": S}``: close sessions idle for S seconds from now on (null: never)."""
+    body = await _json_object(request)
+    seconds = body.get("seconds") if body is not None else None
+    if body is None or set(body) != {"seconds"} or not (seconds is None or _is_positive(seconds)):
+        return web.json_response({"error": "expected JSON {seconds}: a number > 0, or null"}, status=400)
+    state = request.app[STATE]
+    state.idle_timeout_seconds = None if seconds is None else float(seconds)
+    log.info("idle timeout set: %s s", seconds)
+    return web.json_response({"seconds": state.idle_timeout_seconds})
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _is_positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+async def start_idle_reaper(app: web.Application) -> None:
+    task = asyncio.create_task(_reap_idle_sessions(app[STATE]))
+    app.on_cleanup.append(lambda _: _cancel(task))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _reap_idle_sessions(state: EmulatorState) -> None:
+    """Close every session idle past the idle timeout (checked every IDLE_CHECK_SECONDS)."""
+    while True:
+        await asyncio.sleep(IDLE_CHECK_SECONDS)
+        timeout = state.idle_timeout_seconds
+        if timeout is None:
+            continue
+        for session in list(state.open_sessions):
+            idle = session.idle_for()
+            if idle is not None and idle >= timeout and not session.idle_closed:
+                log.info("session %s idle for %.2f s: closing", session.record.session_id, idle)
+                await session.close_idle()
+
+
 async def list_sessions(request: web.Request) -> web.Response:
     return web.json_response([record.as_json() for record in request.app[STATE].records])
 
@@ -412,6 +501,8 @@ async def stats(request: web.Request) -> web.Response:
                 str(code): n for code, n in sorted(state.refusals_by_status.items())
             },
             "handshake_faults_pending": _fault_json(state.fault),
+            "handshake_delay_ms": state.handshake_delay_ms,
+            "idle_timeout_seconds": state.idle_timeout_seconds,
         }
     )
 

@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -84,6 +85,9 @@ class SessionRecord:
     input_audio: list[dict[str, Any]] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)
     ended_by: str | None = None
+    opened_at: float = field(default_factory=time.time)
+    first_session_update_at: float | None = None
+    ended_at: float | None = None
     raw_input_audio: dict[str, bytes] = field(default_factory=dict, repr=False)
     """Committed input audio by item id; served by its own route, not in the JSON record."""
 
@@ -147,6 +151,8 @@ class RealtimeSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropped = False
         self.shutting_down = False
+        self.idle_closed = False
+        self.last_client_event = time.monotonic()
 
     async def run(self) -> None:
         """Serve the connection until it ends, then note how it ended."""
@@ -160,11 +166,26 @@ class RealtimeSession:
         finally:
             for task in self._tasks:
                 task.cancel()
+            if self._active is not None and self._active.cancel.is_set():
+                # the client asked to cancel and left before response.done: cancelled all the same
+                self.record.response_status = "cancelled"
             self.record.ended_by = self._ending()
+            self.record.ended_at = time.time()
+
+    def idle_for(self) -> float | None:
+        """Seconds since the client's last event, None while a response is being sent."""
+        return None if self._active is not None else time.monotonic() - self.last_client_event
+
+    async def close_idle(self) -> None:
+        """End a session that has been idle too long, as the service does: a close frame (1000)."""
+        self.idle_closed = True
+        await self.ws.close(code=1000, message=b"session idle timeout")
 
     def _ending(self) -> str:
         if self._dropped:
             return "emulator_drop"
+        if self.idle_closed:
+            return "emulator_idle_timeout"
         if self.shutting_down:
             return "emulator_shutdown"
         if self.ws.close_code in (None, 1006):
@@ -184,6 +205,7 @@ class RealtimeSession:
         await self._send(protocol.error_event(error, client_event_id))
 
     async def _handle(self, data: str) -> None:
+        self.last_client_event = time.monotonic()
         try:
             raw = json.loads(data)
         except ValueError as error:
@@ -220,6 +242,8 @@ class RealtimeSession:
     # --- session and conversation -----------------------------------------------------------------
 
     async def _update_session(self, event: dict[str, Any]) -> None:
+        if self.record.first_session_update_at is None:
+            self.record.first_session_update_at = time.time()
         update = event["session"]
         voice = update.get("audio", {}).get("output", {}).get("voice")
         if voice is not None and voice != self._voice() and self._audio_produced:
