@@ -626,7 +626,7 @@ async def test_the_readmes_client_examples_run_as_written(
 # --- models ----------------------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
+@pytest_asyncio.fixture(loop_scope="session")  # its spares are closed with it, before other tests
 async def two_models(stack: Stack, speech_host: SpeechHost) -> AsyncIterator[SpeechClient]:
     """A pool of two deployments on the emulator, `gpt-realtime` first by priority, then
     `gpt-realtime-mini`, with spare sessions."""
