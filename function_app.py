@@ -4,7 +4,7 @@ service lives in the `realtime_speech` package."""
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from realtime_speech import http
+from realtime_speech import http, reports
 
 app = func.FunctionApp()
 
@@ -16,7 +16,12 @@ async def speech(req: Request) -> Response:
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: Request) -> Response:
-    return await http.health(req)
+    return await reports.health(req)
+
+
+@app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def status(req: Request) -> Response:
+    return await reports.status(req)
 
 
 @app.route(route="playground", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

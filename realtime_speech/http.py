@@ -44,7 +44,7 @@ from .errors import (
 from .logs import install_redaction
 from .models import MAX_BODY_BYTES, SpeechRequest, SpeechResult, Timeline
 from .service import SpeechService
-from .settings import SettingsError, get_settings, settings_status
+from .settings import SettingsError, get_settings
 
 install_redaction()
 telemetry.configure()
@@ -403,22 +403,6 @@ class Outcome:
             response_status=result.status if result else None,
         )
         self.trace.close()
-
-
-async def health(req: Request) -> Response:
-    """`GET /api/health[?probe=true]`: are the settings complete (and, probed, storage and identity up)?"""
-    report: dict[str, Any] = {"status": "ok", "settings": settings_status()}
-    try:
-        get_settings()
-    except SettingsError as exc:
-        report.update(status="misconfigured", problems=exc.problems)
-    if report["status"] == "ok" and req.query_params.get("probe", "").lower() in ("1", "true", "yes"):
-        service = await speech_service()
-        report["checks"] = await service.probe()
-        report["backends"] = service.pool.status()
-        if any(check != "ok" for check in report["checks"].values()):
-            report["status"] = "degraded"
-    return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
 
 async def playground(req: Request) -> Response:

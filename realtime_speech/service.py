@@ -25,6 +25,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from . import incidents, telemetry
 from .answer import Answering, AnswerStream, AudioFile, EventChannel, QuestionFile
 from .audio_input import SpokenQuestion, decode_question
+from .checks import DependencyChecks
 from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, OutputFormat
 from .errors import DeadlineExceeded, ServiceError
 from .idempotency import Claim, IdempotencyKeys
@@ -76,6 +77,7 @@ class SpeechService:
         )
         self.credential = credential
         self._keys = IdempotencyKeys(store)
+        self.checks = DependencyChecks({"storage": store.check, "identity": self._check_identity})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeechService:
@@ -324,13 +326,9 @@ class SpeechService:
             raise DeadlineExceeded(f"No complete answer within {timeout:g} s.") from None
 
     async def probe(self) -> dict[str, str]:
-        """Check identity and storage now; each answer is "ok" or a sentence saying what failed."""
-        checks = {"storage": self.store.ready(), "identity": self._check_identity()}
-        results = await asyncio.gather(*checks.values(), return_exceptions=True)
-        return {
-            name: "ok" if not isinstance(result, BaseException) else _describe(result)
-            for name, result in zip(checks, results, strict=True)
-        }
+        """Storage and identity checked for real (results kept a few seconds: see `checks`); each
+        answer is "ok" or a sentence saying what failed."""
+        return await self.checks.results()
 
     async def _check_identity(self) -> None:
         if self.settings.azure_openai_api_key is None:
@@ -346,7 +344,3 @@ class SpeechService:
 def record_name(audio_name: str) -> str:
     """The JSON record beside an audio file."""
     return str(PurePosixPath(audio_name).with_suffix(".json"))
-
-
-def _describe(error: BaseException) -> str:
-    return str(error) if isinstance(error, ServiceError) else f"failed ({type(error).__name__})"

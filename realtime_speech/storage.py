@@ -150,6 +150,13 @@ class AudioStore:
         must not cancel the preparation every other request is waiting for."""
         await asyncio.shield(self.prepare())
 
+    async def check(self) -> None:
+        """Whether storage answers now: one cheap authenticated call (the container's properties),
+        not retried, after the one-time preparation."""
+        await self.ready()
+        async with storage_errors("read the audio container's properties"):
+            await self._container.get_container_properties(retry_total=0)
+
     async def _prepare(self) -> None:
         async with storage_errors("create the audio container"):
             with suppress(ResourceExistsError):
