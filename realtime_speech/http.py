@@ -28,6 +28,7 @@ from azurefunctions.extensions.http.fastapi import (
     StreamingResponse,
 )
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from . import telemetry
@@ -38,13 +39,15 @@ from .errors import (
     NotConfigured,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceError,
     UnsupportedMediaType,
 )
+from .limits import SessionSlot
 from .logs import install_redaction
 from .models import MAX_BODY_BYTES, SpeechRequest, SpeechResult, Timeline
 from .service import SpeechService
-from .settings import SettingsError, get_settings
+from .settings import Settings, SettingsError, get_settings
 
 install_redaction()
 telemetry.configure()
@@ -110,27 +113,37 @@ async def speech(req: Request) -> Response:
         "POST", "/api/speech", req.headers, request_id=request_id, url=str(req.url)
     )
     outcome = Outcome(request_id, Timeline(), trace)
+    slot: SessionSlot | None = None
     try:
-        content_type = req.headers.get("content-type")
         service = await speech_service()
-        audio_max_bytes = service.settings.audio_input_max_bytes
-        body = await read_body(req, body_limit(content_type, audio_max_bytes))
-        speech_request = parse_speech_request(
-            content_type, body, req.query_params, audio_max_bytes=audio_max_bytes
-        )
+        slot = service.sessions.acquire()  # before any of the body is read
+        deadline = asyncio.get_running_loop().time() + service.settings.realtime_timeout_seconds
+        content_type = req.headers.get("content-type")
+        speech_request = await read_question(req, content_type, service.settings, deadline)
         key = idempotency_key(req.headers)
         events = wants_event_stream(req.headers.get("accept"))
         media_type = _media_type(content_type)
         # a raw audio body's media type; audio in JSON is told from its bytes
         audio_type = media_type if media_type in AUDIO_MEDIA_TYPES else None
         answering = await service.start(
-            speech_request, request_id, outcome.timeline, key, events=events, audio_type=audio_type
+            speech_request,
+            request_id,
+            outcome.timeline,
+            key,
+            events=events,
+            audio_type=audio_type,
+            deadline=deadline,
         )
+        del speech_request  # a spoken question's bytes live on only where the answer still needs them
         if events:
-            return SpeechEventStream(answering, outcome)  # it records the outcome when the stream ends
+            stream, slot = SpeechEventStream(answering, outcome, slot), None  # freed when the stream ends
+            return stream
         result = await answering.result()
         outcome.record(200, result=result, replayed=answering.replayed)
         return _success_response(result, request_id, answering.replayed)
+    except ClientDisconnect:  # the caller left while sending the body
+        outcome.record(CLIENT_CLOSED_REQUEST, error="client-closed-request")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     except ServiceError as exc:
         outcome.record(exc.status, error=exc.code)
         return problem_response(exc, request_id)
@@ -138,6 +151,26 @@ async def speech(req: Request) -> Response:
         log.exception("request_id=%s unexpected failure", request_id)
         outcome.record(500, error="internal-error")
         return problem_response(ServiceError("The request failed unexpectedly."), request_id)
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+async def read_question(
+    req: Request, content_type: str | None, settings: Settings, deadline: float
+) -> SpeechRequest:
+    """The request's question. Its body is read within the request's deadline (a slow upload ends in
+    408) and is let go once parsed: only the question's own bytes outlive this call."""
+    audio_max_bytes = settings.audio_input_max_bytes
+    try:
+        async with asyncio.timeout_at(deadline):
+            body = await read_body(req, body_limit(content_type, audio_max_bytes))
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The body did not arrive within {settings.realtime_timeout_seconds:g} s "
+            "(REALTIME_TIMEOUT_SECONDS bounds the whole request, the upload included)."
+        ) from None
+    return parse_speech_request(content_type, body, req.query_params, audio_max_bytes=audio_max_bytes)
 
 
 async def read_body(req: Request, limit: int) -> bytes:
@@ -145,12 +178,14 @@ async def read_body(req: Request, limit: int) -> bytes:
     declared = req.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The body is {declared} bytes; at most {limit} are accepted.")
-    body = bytearray()
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in req.stream():
-        body += chunk
-        if len(body) > limit:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
             raise PayloadTooLarge(f"The body is over {limit} bytes; at most {limit} are accepted.")
-    return bytes(body)
+    return b"".join(chunks)  # one copy of the body; the chunks go with this frame
 
 
 def body_limit(content_type: str | None, audio_max_bytes: int) -> int:
@@ -279,7 +314,7 @@ class SpeechEventStream(StreamingResponse):
     then, with nothing committed).
     """
 
-    def __init__(self, answering: Answering, outcome: Outcome) -> None:
+    def __init__(self, answering: Answering, outcome: Outcome, slot: SessionSlot | None = None) -> None:
         headers = {
             REQUEST_ID_HEADER: outcome.request_id,
             "Cache-Control": "no-cache",
@@ -291,6 +326,7 @@ class SpeechEventStream(StreamingResponse):
         self._answering = answering
         self._request_id = outcome.request_id
         self._record = outcome
+        self._slot = slot
         self._outcome: tuple[int, SpeechResult | None, str | None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -306,7 +342,11 @@ class SpeechEventStream(StreamingResponse):
                 task.cancel()
             await asyncio.gather(stream, left, return_exceptions=True)
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
-            await self._finish()
+            try:
+                await self._finish()
+            finally:
+                if self._slot is not None:
+                    self._slot.release()
 
     async def _frames(self) -> AsyncIterator[bytes]:
         events = self._answering.events(KEEP_ALIVE_SECONDS)

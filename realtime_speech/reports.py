@@ -2,8 +2,9 @@
 
 Health says only what is safe for a stranger: up or not, whether the settings are complete (naming a
 missing or invalid setting, never a value) and, with `?probe=true`, each dependency "ok" or a
-sentence naming it. Status adds what an operator needs: which settings are set and each backend's
-state in the pool (hosts, deployments, priorities, weights, counts).
+sentence naming it. Status adds what an operator needs: which settings are set, the sessions in
+flight against `MAX_CONCURRENT_SESSIONS`, and each backend's state in the pool (hosts, deployments,
+priorities, weights, counts).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ async def status(req: Request) -> Response:
     report, service = await _checked(probe=True)
     report["settings"] = settings_status()
     if service is not None:
+        report["sessions"] = service.sessions.status()
         report["backends"] = service.pool.status()
     return _response(report)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, OutputFormat
 from .errors import DeadlineExceeded, ServiceError
 from .idempotency import Claim, IdempotencyKeys
 from .identity import app_credential, openai_token_provider
+from .limits import SessionLimit
 from .models import InputAudioFacts, SpeechRecord, SpeechRequest, SpeechResult, Timeline
 from .pool import BackendPool, Lease, connect
 from .realtime import RealtimeBackend, RealtimeSession, VoiceRequest, realtime_client
@@ -77,6 +79,7 @@ class SpeechService:
         )
         self.credential = credential
         self._keys = IdempotencyKeys(store)
+        self.sessions = SessionLimit(settings.max_concurrent_sessions)
         self.checks = DependencyChecks({"storage": store.check, "identity": self._check_identity})
 
     @classmethod
@@ -110,12 +113,15 @@ class SpeechService:
         *,
         events: bool = False,
         audio_type: str | None = None,
+        deadline: float | None = None,
     ) -> Answering:
-        """Begin answering `request` within the deadline (REALTIME_TIMEOUT_SECONDS). Returns once the
-        model session is open, or with the key's earlier answer. With `events`, the answer's events
-        are kept for `Answering.events()` (bounded: see `EventChannel`). `audio_type` is the media
-        type of a spoken question sent as the raw body (None: told from its bytes)."""
-        deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
+        """Begin answering `request` within the deadline (REALTIME_TIMEOUT_SECONDS from now, or the
+        loop time `deadline` set when the request arrived). Returns once the model session is open, or
+        with the key's earlier answer. With `events`, the answer's events are kept for
+        `Answering.events()` (bounded: see `EventChannel`). `audio_type` is the media type of a spoken
+        question sent as the raw body (None: told from its bytes)."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
         incidents.begin()
         if idempotency_key is None:
             return await self._begin(request, audio_type, request_id, timeline, deadline, events, claim=None)
@@ -157,6 +163,8 @@ class SpeechService:
         stream = AnswerStream(AudioFile(encoder, writer), channel)
         if question.spoken is not None:
             stream.question = self._question_file(question.spoken, blob_name)
+            # The file as received is let go once staged; the session needs only what it hears.
+            question = dataclasses.replace(question, spoken=None)
         known = encoder.facts().model_dump(include=STARTED_FACTS, exclude_none=True)
         started = {"type": "speech.started", "request_id": request_id, "blob_name": blob_name, **known}
         work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim)

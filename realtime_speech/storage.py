@@ -331,8 +331,9 @@ class BlockBlobWriter:
             self._in_flight.discard(task)
 
     def _take_buffered(self, head: bytes = b"") -> bytes:
-        """`head` and the buffered body as one bytes object; the chunks are let go."""
-        data = b"".join([head, *self._chunks])
+        """`head` and the buffered body as one bytes object (a single chunk as it is, not copied); the
+        chunks are let go."""
+        data = b"".join([head, *self._chunks] if head else self._chunks)
         self._chunks.clear()
         self._buffered = 0
         return data

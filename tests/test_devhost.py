@@ -511,6 +511,7 @@ async def test_run_serves_writes_settings_and_stops_everything_on_sigint(tmp_pat
     assert f"curl -s {host_url}/api/speech -H 'Content-Type: application/json' -d '{{\"text\"" in printed
     assert f"curl -N {host_url}/api/speech -H 'Accept: text/event-stream'" in printed
     assert f"{host_url}/api/playground" in printed
+    assert f"curl -s {host_url}/api/status" in printed
     assert "wrote local.settings.json" in printed
 
     values = settings["Values"]
