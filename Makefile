@@ -42,6 +42,7 @@ infra-check: $(IAC_VENV)/.installed
 
 bench: setup
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.spoken_parallel
 
 clean:
 	rm -rf $(VENV) node_modules .devstate out .pytest_cache .ruff_cache .hypothesis
