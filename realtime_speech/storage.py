@@ -265,9 +265,15 @@ class BlockBlobWriter:
         self._finished: asyncio.Task[Any] | None = None
 
     async def write(self, chunk: bytes) -> None:
-        """Append the next bytes of the body."""
+        """Append the next bytes of the body. A chunk larger than a block (a spoken question as
+        received) is taken a block at a time: one huge stage would be copied whole into the
+        connection's send buffers."""
         if self._header is not None:
             raise RuntimeError("body written after its end")
+        if len(chunk) > self._block_size:
+            for start in range(0, len(chunk), self._block_size):
+                await self.write(chunk[start : start + self._block_size])
+            return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered >= self._block_size:
