@@ -157,10 +157,11 @@ def render(bursts: Sequence[Burst], versions: Sequence[Version], audio_bytes: in
         growth = sorted(b.growth_mib for b in runs)
         medians[version.name] = float(np.median(growth))
         statuses = ", ".join(f"{count}x {status}" for status, count in runs[0].statuses.items())
+        answered = runs[0].statuses.get("200", 0) or 1
         rows.append(
             f"| {version.name} | {np.median([b.baseline_mib for b in runs]):.0f} "
             f"| {np.median([b.peak_mib for b in runs]):.0f} | {medians[version.name]:.0f} "
-            f"({growth[0]:.0f}-{growth[-1]:.0f}) | {medians[version.name] / CALLERS:.1f} "
+            f"({growth[0]:.0f}-{growth[-1]:.0f}) | {medians[version.name] / answered:.1f} "
             f"| {statuses} | {np.median([b.seconds for b in runs]):.1f} |"
         )
     lines = [
@@ -174,7 +175,7 @@ def render(bursts: Sequence[Burst], versions: Sequence[Version], audio_bytes: in
         f"brackets. Machine load (1/5/15 min) at the start: {load}: shared and busy, so compare the "
         "versions with each other (ratios within this run), not with other runs.",
         "",
-        "| version | baseline MiB | peak MiB | peak growth MiB | growth per caller MiB | answers | seconds |",
+        "| version | baseline MiB | peak MiB | peak growth MiB | growth per answer MiB | answers | seconds |",
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
