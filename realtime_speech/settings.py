@@ -24,8 +24,9 @@ from .models import Voice
 
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant. You respond by voice and text."
 MIB = 1024 * 1024
-# Sized for the smallest Flex Consumption instance (512 MB): the worker's own ~150 MiB and up to
-# ~60 MiB for each answer to a 25 MiB spoken question. The Bicep sets it from the instance memory.
+# Sized for the smallest Flex Consumption instance (512 MB): about 125 MiB for the process and 40 to
+# 55 MiB at the peak of each answer to a 25 MiB spoken question (benchmarks/spoken_parallel.py). The
+# Bicep sets it from the instance memory.
 DEFAULT_MAX_CONCURRENT_SESSIONS = 4
 # MPEG-2 Layer III bitrates (24 kHz is an MPEG-2 sample rate).
 MP3_BITRATES_KBPS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
