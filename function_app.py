@@ -14,6 +14,11 @@ async def speech(req: Request) -> Response:
     return await http.speech(req)
 
 
+@app.warm_up_trigger(arg_name="context")
+async def warmup(context: func.warmup.WarmUpContext) -> None:
+    await http.warm_up()
+
+
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: Request) -> Response:
     return await reports.health(req)

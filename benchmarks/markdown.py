@@ -31,7 +31,7 @@ from .records import (
     StreamMemoryRun,
     TelemetryRun,
 )
-from .stats import Spread
+from .stats import Spread, median
 from .summaries import (
     CPU_SHARE_TARGET,
     FIRST_AUDIO_SLACK_MS,
@@ -76,25 +76,41 @@ Column = tuple[str, Callable[[T], str]]
 
 
 def render(results: Results) -> str:
+    cpus = results.machine.cpus or 1
+
+    def with_load(section: str, *benchmarks: str) -> str:
+        readings = [value for name in benchmarks for value in results.machine_load.get(name, [])]
+        return f"{section}\n\n{load_sentence(readings, cpus)}"
+
     sections = [
         _machine(results),
         _targets(results),
-        _latency(results.latency),
-        _memory(results.memory),
-        _concurrency(results.concurrency, results.storage_burst),
-        _cold_start(results.cold_start, results.import_profile),
+        with_load(_latency(results.latency), "latency"),
+        with_load(_memory(results.memory), "memory"),
+        with_load(_concurrency(results.concurrency, results.storage_burst), "concurrency", "storage_burst"),
+        with_load(_cold_start(results.cold_start, results.import_profile), "cold_start"),
     ]
-    cpus = results.machine.cpus or 1
     optional = [
-        (results.first_audio, _first_audio),
-        (results.stream_memory, _stream_memory),
-        (results.mp3_encoding, _encoding),
-        (results.audio_decoding, _decoding),
-        (results.backend_pool, lambda runs: _pool(runs, cpus)),
-        (results.telemetry, _telemetry),
+        (results.first_audio, _first_audio, "first_audio"),
+        (results.stream_memory, _stream_memory, "stream_memory"),
+        (results.mp3_encoding, _encoding, "mp3_encoding"),
+        (results.audio_decoding, _decoding, "audio_decoding"),
+        (results.backend_pool, lambda runs: _pool(runs, cpus), "backend_pool"),
+        (results.telemetry, _telemetry, "telemetry"),
     ]
-    sections += [render_section(runs) for runs, render_section in optional if runs]
+    sections += [with_load(render_section(runs), name) for runs, render_section, name in optional if runs]
     return "\n\n".join(sections)
+
+
+def load_sentence(readings: Sequence[float], cpus: int) -> str:
+    """How busy the machine was while a benchmark ran, from its load-average readings."""
+    if not readings:
+        return "Machine load while it ran: not in results.json (a run from before the runner read it)."
+    low, middle, high = min(readings), median(readings), max(readings)
+    return (
+        f"Machine load while it ran: 1-minute load average {low:.1f} to {high:.1f}, median {middle:.1f}"
+        f" ({len(readings)} readings), on {cpus} CPUs."
+    )
 
 
 def splice(document: str, generated: str) -> str:

@@ -459,9 +459,12 @@ class Runs:
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
 class Results(Runs, RunSetup):
-    """results.json."""
+    """results.json. `machine_load`: by benchmark name, the machine's 1-minute load average read when
+    each of its worker runs started and ended and every `LOAD_READ_SECONDS` between (empty in a file
+    from before it was recorded)."""
 
     runtime_seconds: float
+    machine_load: dict[str, list[float]] = field(default_factory=dict)
 
 
 def merge(cls: type[T], *parts: object, **values: object) -> T:

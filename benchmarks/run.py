@@ -23,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar, cast
@@ -99,6 +100,8 @@ class Workers:
         self._app_root = app_root
         self._work_dir = work_dir
         self._count = 0
+        self.machine_load: defaultdict[str, list[float]] = defaultdict(list)
+        """By benchmark name: the load average while its workers ran (`Results.machine_load`)."""
         work_dir.mkdir(parents=True, exist_ok=True)
 
     def env(self, settings: Mapping[str, str] = {}) -> dict[str, str]:
@@ -123,23 +126,36 @@ class Workers:
         before = {name: count() for name, count in counters.items()}
         spawned = time.time()
         with log_path.open("wb") as log_file:
-            completed = subprocess.run(
-                argv,
-                cwd=self._app_root,
-                env=self.env(settings),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                timeout=WORKER_TIMEOUT_SECONDS,
-                check=False,
+            worker = subprocess.Popen(
+                argv, cwd=self._app_root, env=self.env(settings), stdout=log_file, stderr=subprocess.STDOUT
             )
-        if completed.returncode != 0:
+            returncode = self._wait_reading_load(worker, self.machine_load[benchmark.name])
+        if returncode != 0:
             tail = log_path.read_text(errors="replace")[-4000:]
-            raise RuntimeError(
-                f"worker {benchmark.name} {params} exited with {completed.returncode}:\n{tail}"
-            )
+            raise RuntimeError(f"worker {benchmark.name} {params} exited with {returncode}:\n{tail}")
         grown = {name: count() - before[name] for name, count in counters.items()}
         measured = json.loads(out.read_text())
         return benchmark.parse({"settings": dict(settings), "spawned_epoch": spawned, **measured, **grown})
+
+    @staticmethod
+    def _wait_reading_load(worker: subprocess.Popen[bytes], readings: list[float]) -> int:
+        """Wait for `worker` (killed after `WORKER_TIMEOUT_SECONDS`), reading the load average as it
+        starts, every `LOAD_READ_SECONDS` and as it ends; its exit status."""
+        deadline = time.monotonic() + WORKER_TIMEOUT_SECONDS
+        readings.append(environment.load_average())
+        try:
+            while True:
+                try:
+                    return worker.wait(min(environment.LOAD_READ_SECONDS, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        raise
+                    readings.append(environment.load_average())
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+            readings.append(environment.load_average())
 
     def start_host(self) -> ServiceProcess:
         """A dev host (over a socket) of the app in the app root, with the stack's settings."""
@@ -361,7 +377,12 @@ def main(argv: list[str] | None = None) -> None:
         machine = environment.describe(label)
         runs = measure_all(workers, stack, plan)
     results = records.merge(
-        Results, runs, machine=machine, plan=plan, runtime_seconds=time.perf_counter() - started
+        Results,
+        runs,
+        machine=machine,
+        plan=plan,
+        runtime_seconds=time.perf_counter() - started,
+        machine_load=dict(workers.machine_load),
     )
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.json").write_text(records.dump(results))

@@ -38,8 +38,9 @@ declared over 100 MiB (the host's limit) is refused with 413 before the function
 that grows past it ends, for the function, as a client that left, and the caller gets 413.
 
 Not emulated:
-- Non-HTTP triggers (listed and skipped), bindings other than the HTTP trigger and its `$return`
-  output, and the `context` argument; the old `func.HttpRequest`/`func.HttpResponse` model (the app
+- Non-HTTP triggers (listed and skipped; the warm-up trigger runs once at start-up, before the host
+  listens, as on an instance the platform adds), bindings other than the HTTP trigger and its
+  `$return` output, and the `context` argument; the old `func.HttpRequest`/`func.HttpResponse` model (the app
   uses the streams extension throughout).
 - A known route with a method it does not declare gets 405 with `Allow`; the real host answers 404
   (azure-functions-host#10098).
@@ -78,6 +79,7 @@ from urllib.parse import quote, unquote
 import azure.functions as func
 import uvicorn
 from azure.functions.decorators.http import HttpTrigger
+from azure.functions.decorators.warmup import WarmUpTrigger
 from azurefunctions.extensions.http.fastapi import Request, RequestSynchronizer
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
@@ -253,6 +255,8 @@ def http_routes(app: func.FunctionApp, route_prefix: str) -> list[Route]:
     routes = []
     for function in indexed_functions(app):
         trigger = function.get_trigger()
+        if isinstance(trigger, WarmUpTrigger):
+            continue
         if not isinstance(trigger, HttpTrigger):
             log.warning("Skipping %s: only HTTP functions are served", function.get_function_name())
             continue
@@ -310,9 +314,7 @@ async def invoke(route: Route, request: Request, route_params: Mapping[str, str]
     """Call the function as the worker does; a failure becomes a 500 whose details stay in the log."""
     _SYNCHRONIZER.sync_route_params(request, dict(route_params))
     try:
-        if inspect.iscoroutinefunction(route.handler):
-            return await route.handler(**{route.arg_name: request})
-        return await asyncio.to_thread(route.handler, **{route.arg_name: request})
+        return await invoke_any(route.handler, {route.arg_name: request})
     except Exception:
         log.exception("Executed 'Functions.%s' (Failed)", route.name)
         return _plain(500)
@@ -341,6 +343,13 @@ class HostKeys:
             }
         )
         return any(key and secrets.compare_digest(given, key) for key in accepted)
+
+
+async def invoke_any(handler: Callable[..., Any], arguments: Mapping[str, Any]) -> Any:
+    """Async functions run on the host's event loop, sync ones in a worker thread."""
+    if inspect.iscoroutinefunction(handler):
+        return await handler(**arguments)
+    return await asyncio.to_thread(handler, **arguments)
 
 
 async def dispatch(routes: Sequence[Route], request: Request, keys: HostKeys = HostKeys()) -> Any:
@@ -534,8 +543,25 @@ class DevServer(uvicorn.Server):
         super().handle_exit(sig, frame)  # a second SIGINT forces the exit
 
 
+async def warm_up(app: func.FunctionApp) -> None:
+    """Run the app's warm-up function (a `warmupTrigger`), as the platform does on an instance it adds
+    before sending it traffic; what it raises is logged, and the host serves anyway."""
+    for function in indexed_functions(app):
+        trigger = function.get_trigger()
+        if isinstance(trigger, WarmUpTrigger):
+            started = time.perf_counter()
+            try:
+                await invoke_any(function.get_user_function(), {trigger.name: func.warmup.WarmUpContext()})
+            except Exception:
+                log.exception("Warm-up function %s failed", function.get_function_name())
+            ms = (time.perf_counter() - started) * 1000
+            log.info("Warm-up function %s ran in %.0f ms", function.get_function_name(), ms)
+
+
 async def serve(args: argparse.Namespace) -> None:
-    routes = http_routes(load_app(args.app), read_route_prefix(Path("host.json")))
+    app = load_app(args.app)
+    routes = http_routes(app, read_route_prefix(Path("host.json")))
+    await warm_up(app)
     config = uvicorn.Config(
         _asgi_app(routes, MAX_REQUEST_BYTES, host_keys(args)),
         host=args.host,

@@ -98,10 +98,10 @@ class TcpProxy:
                 )
         except (OSError, TimeoutError):
             self._target_down += 1
-            _reset(client_writer)
+            reset(client_writer)
             return
         except asyncio.CancelledError:
-            _reset(client_writer)
+            reset(client_writer)
             raise
         self._forwarded += 1
         await _pump_both_ways(client_reader, client_writer, target_reader, target_writer)
@@ -122,7 +122,7 @@ async def _pump_both_ways(
         await asyncio.gather(*pumps)
     except OSError:
         for writer in (client_writer, target_writer):
-            _reset(writer)
+            reset(writer)
     finally:
         for pump in pumps:
             pump.cancel()
@@ -139,7 +139,7 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.write_eof()
 
 
-def _reset(writer: asyncio.StreamWriter) -> None:
+def reset(writer: asyncio.StreamWriter) -> None:
     """Close with a TCP reset rather than a FIN: the peer fails at once instead of seeing a clean end."""
     sock = writer.get_extra_info("socket")
     if sock is not None:

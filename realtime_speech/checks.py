@@ -40,10 +40,12 @@ class DependencyChecks:
 
     async def _check_all(self) -> dict[str, str]:
         outcomes = await asyncio.gather(*(check() for check in self._checks.values()), return_exceptions=True)
-        return {name: _describe(outcome) for name, outcome in zip(self._checks, outcomes, strict=True)}
+        return {
+            name: OK if not isinstance(outcome, BaseException) else describe(outcome)
+            for name, outcome in zip(self._checks, outcomes, strict=True)
+        }
 
 
-def _describe(outcome: object) -> str:
-    if not isinstance(outcome, BaseException):
-        return OK
-    return str(outcome) if isinstance(outcome, ServiceError) else f"failed ({type(outcome).__name__})"
+def describe(error: BaseException) -> str:
+    """A failure as a sentence safe to show: a ServiceError's detail, else only the error's type."""
+    return str(error) if isinstance(error, ServiceError) else f"failed ({type(error).__name__})"

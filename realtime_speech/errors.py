@@ -87,6 +87,19 @@ class UpstreamFailed(ServiceError):
     status, code, title = 502, "upstream-failed", "The model did not complete the answer"
 
 
+class BackendMisconfigured:
+    """A handshake refusal that says one backend of the pool is set up wrongly, not that the model is
+    busy or down: the backend pool counts it against that backend (its circuit opens)."""
+
+
+class DeploymentNotFound(BackendMisconfigured, UpstreamFailed):
+    """404 at the handshake: the backend's resource has no deployment of that name."""
+
+
+class BackendAccessDenied(BackendMisconfigured, UpstreamAuthFailed):
+    """403 at the handshake: the app's identity lacks the role on that backend's resource."""
+
+
 class UpstreamUnavailable(ServiceError):
     status, code, title = 503, "upstream-unavailable", "The model could not be reached"
     default_retry_after = DEFAULT_RETRY_AFTER_SECONDS

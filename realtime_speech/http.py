@@ -99,6 +99,17 @@ async def speech_service() -> SpeechService:
     return _service
 
 
+async def warm_up() -> None:
+    """The warm-up trigger: make the process-wide service now and let it prepare what a first request
+    would wait for (`SpeechService.warm_up`). Bad settings are left for the requests to report."""
+    try:
+        service = await speech_service()
+    except ServiceError as exc:
+        log.warning("warm-up skipped: %s", exc)
+        return
+    await service.warm_up()
+
+
 async def _close_quietly(service: SpeechService) -> None:
     """Close a service whose loop is gone; its connections may already be unusable."""
     try:
@@ -118,11 +129,12 @@ async def speech(req: Request) -> Response:
     slot: SessionSlot | None = None
     try:
         service = await speech_service()
+        content_type = req.headers.get("content-type")
+        request_options(content_type, req.query_params)  # before the body, whose size must not hide them
+        key = idempotency_key(req.headers)
         slot = service.sessions.acquire()  # before any of the body is read
         deadline = asyncio.get_running_loop().time() + service.settings.realtime_timeout_seconds
-        content_type = req.headers.get("content-type")
         speech_request = await read_question(req, content_type, service.settings, deadline)
-        key = idempotency_key(req.headers)
         events = wants_event_stream(req.headers.get("accept"))
         media_type = _media_type(content_type)
         # a raw audio body's media type; audio in JSON is told from its bytes
@@ -199,22 +211,15 @@ def body_limit(content_type: str | None, audio_max_bytes: int) -> int:
     return MAX_BODY_BYTES + audio_max_bytes * 4 // 3 + 4
 
 
-def parse_speech_request(
-    content_type: str | None,
-    body: bytes | bytearray,
-    query: Mapping[str, str] | None = None,
-    *,
-    audio_max_bytes: int | None = None,
-) -> SpeechRequest:
-    """Validate media type, size and body, in that order; each failure names what is wrong.
-
-    JSON carries every option (and a spoken question as base64 `audio`); a raw audio body carries the
-    question and its options come as query parameters. `code` (the function key) is always allowed.
-    """
+def request_options(content_type: str | None, query: Mapping[str, str] | None) -> dict[str, str]:
+    """What the request says besides its body, checked without it: the media type is taken (415), and
+    the query parameters are valid options of a raw audio body, or absent with JSON (400). `code`
+    (the function key) is always allowed and is never an option."""
     media_type = _media_type(content_type)
     options = {name: value for name, value in (query or {}).items() if name != FUNCTION_KEY_PARAMETER}
     if media_type in AUDIO_MEDIA_TYPES:
-        return _validated(lambda: SpeechRequest.model_validate({**options, "audio": body}, strict=False))
+        _raw_audio_request(options, b"")  # the options alone; the audio is checked once it is read
+        return options
     if not _JSON_MEDIA_TYPE.match(media_type):
         accepted = ", ".join(("application/json", *AUDIO_MEDIA_TYPES))
         got = media_type[:100] or "none"
@@ -223,38 +228,61 @@ def parse_speech_request(
         raise InvalidRequest(
             "Query parameters are only for raw audio bodies; put the options in the JSON body."
         )
-    if len(body) <= MAX_BODY_BYTES:
-        return _validated(lambda: SpeechRequest.model_validate_json(body))
-    try:  # only a spoken question may be larger
-        request = _large_spoken_question(body)
-    except ValidationError:
-        request = None
-    if request is None or request.audio is None:
-        raise PayloadTooLarge(
-            f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted without audio."
-        )
-    if audio_max_bytes is not None and len(request.audio) > audio_max_bytes:
+    return options
+
+
+def parse_speech_request(
+    content_type: str | None,
+    body: bytes | bytearray,
+    query: Mapping[str, str] | None = None,
+    *,
+    audio_max_bytes: int | None = None,
+) -> SpeechRequest:
+    """Validate media type and options, size and body, in that order; each failure names what is wrong.
+
+    JSON carries every option (and a spoken question as base64 `audio`); a raw audio body carries the
+    question and its options come as query parameters. Only JSON without `audio` is held to 64 KiB:
+    JSON with `audio` is validated like any other, its audio then held to `audio_max_bytes`.
+    """
+    options = request_options(content_type, query)
+    if _media_type(content_type) in AUDIO_MEDIA_TYPES:
+        return _raw_audio_request(options, body)
+    request = _large_spoken_question(body) if len(body) > MAX_BODY_BYTES else None
+    if request is None:
+        if len(body) > MAX_BODY_BYTES and SpeechRequest.json_without_audio(body):
+            raise PayloadTooLarge(
+                f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted without audio."
+            )
+        request = _validated(lambda: SpeechRequest.model_validate_json(body))
+    if audio_max_bytes is not None and request.audio is not None and len(request.audio) > audio_max_bytes:
         raise PayloadTooLarge(
             f"The audio is {len(request.audio)} bytes; at most {audio_max_bytes} are accepted."
         )
     return request
 
 
-def _large_spoken_question(body: bytes | bytearray) -> SpeechRequest:
-    """A large JSON body's question, its `audio` decoded from base64 straight out of the body: the
-    base64 text never becomes a string of its own (which would hold the audio once more while it is
-    decoded). Anything unusual (escapes in the value, `audio` named twice, not strict base64) takes
-    the plain parse, which reports it as usual."""
+def _large_spoken_question(body: bytes | bytearray) -> SpeechRequest | None:
+    """A large JSON body's valid spoken question, its `audio` decoded from base64 straight out of the
+    body: the base64 text never becomes a string of its own (which would hold the audio once more
+    while it is decoded). None for anything else (escapes in the value, `audio` named twice or not at
+    the top level, not strict base64, another problem), which the plain parse then reports as usual."""
     members = list(_AUDIO_MEMBER.finditer(body))
-    if len(members) == 1:
-        start = members[0].end()
-        end = body.find(b'"', start)
-        if end != -1 and body.find(b"\\", start, end) == -1:
-            with contextlib.suppress(binascii.Error):
-                audio = binascii.a2b_base64(memoryview(body)[start:end], strict_mode=True)
-                rest = SpeechRequest.model_validate_json(body[:start] + body[end:])  # "audio": ""
-                return rest.model_copy(update={"audio": audio})
-    return SpeechRequest.model_validate_json(body)
+    if len(members) != 1:
+        return None
+    start = members[0].end()
+    end = body.find(b'"', start)
+    if end == -1 or body.find(b"\\", start, end) != -1:
+        return None
+    try:
+        audio = binascii.a2b_base64(memoryview(body)[start:end], strict_mode=True)
+        rest = SpeechRequest.model_validate_json(body[:start] + body[end:])  # with "audio": ""
+    except (binascii.Error, ValidationError):
+        return None
+    return rest.model_copy(update={"audio": audio})
+
+
+def _raw_audio_request(options: Mapping[str, str], audio: bytes | bytearray) -> SpeechRequest:
+    return _validated(lambda: SpeechRequest.model_validate({**options, "audio": audio}, strict=False))
 
 
 def _validated(parse: Callable[[], SpeechRequest]) -> SpeechRequest:
@@ -448,6 +476,8 @@ class Outcome:
             fields["audio_seconds"] = result.audio.duration_seconds
             fields["response_status"] = result.status
             fields["backend"] = result.backend
+        if timeline.spare_session is not None:
+            fields["spare_session"] = timeline.spare_session
         if replayed:
             fields["replayed"] = True
         if stream:

@@ -17,6 +17,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
     model_serializer,
     model_validator,
 )
@@ -28,6 +30,7 @@ VOICES: tuple[str, ...] = Voice.__args__
 MAX_TEXT_CHARS = 4_000
 MAX_INSTRUCTIONS_CHARS = 4_000
 MAX_BODY_BYTES = 64 * 1024
+_ANY_JSON = TypeAdapter(Any)
 
 
 def _not_blank(value: str) -> str:
@@ -74,6 +77,17 @@ class SpeechRequest(BaseModel):
         if (self.text is None) == (self.audio is None):
             raise ValueError("give exactly one of text and audio")
         return self
+
+    @staticmethod
+    def json_without_audio(body: bytes) -> bool:
+        """Whether `body` is JSON without `audio` (absent or null at its top level), the kind of body
+        held to MAX_BODY_BYTES. A body that is not JSON is not judged here: its parse error is what
+        is wrong with it, whatever its size (it may be a cut-off spoken question)."""
+        try:
+            value = _ANY_JSON.validate_json(body)
+        except ValidationError:
+            return False
+        return not isinstance(value, dict) or value.get("audio") is None
 
     def fingerprint(self) -> str:
         """What the request asks, as a digest: equal for bodies that differ only in layout."""
@@ -162,6 +176,8 @@ class Timeline:
     def __init__(self) -> None:
         self._start = time.perf_counter()
         self.marks: dict[str, float] = {}
+        self.spare_session: bool | None = None
+        """Whether the model session was a spare opened before the request (None: no session)."""
 
     def mark(self, name: str) -> None:
         """Record the first time `name` happens; later calls keep the first."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
+import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,21 +28,34 @@ from azure.core.credentials_async import AsyncTokenCredential
 from . import incidents, telemetry
 from .answer import Answering, AnswerStream, AudioFile, EventChannel, QuestionFile
 from .audio_input import SpokenQuestion, decode_question
-from .checks import DependencyChecks
+from .checks import DependencyChecks, describe
 from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, OutputFormat
 from .errors import DeadlineExceeded, ServiceError
 from .idempotency import Claim, IdempotencyKeys
-from .identity import app_credential, openai_token_provider
+from .identity import app_credential, openai_token_expires_on, openai_token_provider
 from .limits import SessionLimit
 from .models import InputAudioFacts, SpeechRecord, SpeechRequest, SpeechResult, Timeline
 from .pool import BackendPool, Lease, connect
-from .realtime import RealtimeBackend, RealtimeSession, VoiceRequest, realtime_client
+from .realtime import (
+    RealtimeBackend,
+    RealtimeSession,
+    SessionLost,
+    SpokenAnswer,
+    VoiceRequest,
+    prepare_first_answer,
+    realtime_client,
+)
 from .settings import BackendSettings, Settings
+from .spares import SpareSessions
 from .storage import AudioStore, blob_service_client
 
 T = TypeVar("T")
 
+log = logging.getLogger("realtime_speech.service")
+
 CLEANUP_SECONDS = 5.0
+# The longest a warm-up waits for its first spare sessions.
+WARM_UP_SECONDS = 10.0
 # The audio facts a caller is told before the first byte (`speech.started`).
 STARTED_FACTS = {"format", "encoding", "sample_rate", "channels", "bits_per_sample", "bitrate_kbps"}
 
@@ -81,6 +96,18 @@ class SpeechService:
         self._keys = IdempotencyKeys(store)
         self.sessions = SessionLimit(settings.max_concurrent_sessions)
         self.checks = DependencyChecks({"storage": store.check, "identity": self._check_identity})
+        self.spares = SpareSessions(
+            self.pool,
+            self._open_spare,
+            count=settings.realtime_spare_sessions,
+            max_age_seconds=settings.realtime_spare_max_age_seconds,
+            idle_seconds=settings.realtime_spare_idle_seconds,
+            token_expiry=(
+                None
+                if settings.azure_openai_api_key
+                else functools.partial(openai_token_expires_on, credential)
+            ),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeechService:
@@ -146,16 +173,18 @@ class SpeechService:
         claim: Claim | None,
     ) -> Answering:
         question = await self._within(deadline, self.question(request, audio_type))
-        attempts = itertools.count(1)
-
-        async def open_backend(backend: BackendSettings) -> RealtimeSession:
-            with telemetry.attempt(backend.name, next(attempts)):
-                return await self.backends[backend.name].open()
-
         with telemetry.phase("connect"):
-            lease = await self._within(deadline, connect(self.pool, open_backend, deadline))
+            lease = self.spares.take()
+            timeline.spare_session = lease is not None
+            if lease is None:
+                lease = await self._within(deadline, self._connect(deadline))
         timeline.mark("connected")
-        telemetry.set_attributes(backend=lease.name, voice=question.voice.voice, format=question.output.name)
+        telemetry.set_attributes(
+            backend=lease.name,
+            voice=question.voice.voice,
+            format=question.output.name,
+            spare_session=timeline.spare_session,
+        )
         blob_name = f"{datetime.now(UTC):%Y/%m/%d}/{uuid4().hex}{question.output.extension}"
         channel = EventChannel() if events else None
         encoder = question.output.encoder(mp3_bitrate_kbps=self.settings.audio_mp3_bitrate_kbps)
@@ -167,11 +196,40 @@ class SpeechService:
             question = dataclasses.replace(question, spoken=None)
         known = encoder.facts().model_dump(include=STARTED_FACTS, exclude_none=True)
         started = {"type": "speech.started", "request_id": request_id, "blob_name": blob_name, **known}
-        work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim)
+        work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim, deadline)
         task = asyncio.ensure_future(self._within(deadline, work))
+        if claim is not None:
+            claim.settle_with(task)  # the key now follows the answer's task, not this request
         if channel is not None:
             task.add_done_callback(lambda _: channel.close())
         return Answering(deadline, task, started, channel)
+
+    async def _connect(self, deadline: float) -> Lease[RealtimeSession]:
+        """A new session on the backend the pool chooses (spilling over, retrying: see `pool`)."""
+        attempts = itertools.count(1)
+
+        async def open_backend(backend: BackendSettings) -> RealtimeSession:
+            with telemetry.attempt(backend.name, next(attempts)):
+                return await self.backends[backend.name].open()
+
+        return await connect(self.pool, open_backend, deadline)
+
+    async def _open_spare(self, backend: BackendSettings) -> RealtimeSession:
+        return await self.backends[backend.name].open_spare()
+
+    async def warm_up(self) -> None:
+        """Prepare what a first request would otherwise wait for: the storage container and delegation
+        key, the Azure OpenAI token (and with it the first connections), the spare sessions, the SDK's
+        event types. Bounded;
+        a failure is logged and left to the requests, which try again."""
+        work = asyncio.gather(
+            prepare_first_answer(), self.store.ready(), self._check_identity(), self.spares.ready()
+        )
+        try:
+            async with asyncio.timeout(WARM_UP_SECONDS):
+                await work
+        except Exception as exc:
+            log.warning("warm-up incomplete: %s", describe(exc))
 
     async def question(self, request: SpeechRequest, audio_type: str | None = None) -> Question:
         """The request with the settings' defaults filled in; a spoken question is decoded and checked
@@ -216,17 +274,15 @@ class SpeechService:
         request_id: str,
         timeline: Timeline,
         claim: Claim | None,
+        deadline: float,
     ) -> tuple[SpeechResult, bool]:
-        """Let the model answer into `stream`, commit the audio with its record (on any failure
-        nothing is left behind), keep it for the idempotency key and sign its URL. Returns the result
-        and whether it is an earlier answer (another instance kept one for the key first)."""
+        """Let the model answer into `stream`, commit the audio with its record, sign its URL and keep
+        it for the idempotency key: all or nothing, so on any failure (the deadline included) nothing
+        is left behind, before the commit or after it. Returns the result and whether it is an earlier
+        answer (another instance kept one for the key first)."""
         try:
-            try:
-                with telemetry.phase("stream"):
-                    spoken = await lease.value.answer(question.voice, stream, timeline)
-            finally:
-                await lease.value.close()
-                lease.release()
+            with telemetry.phase("stream"):
+                spoken, lease = await self._speak(lease, question, stream, timeline, deadline)
             telemetry.record_usage(spoken.usage)
             record = SpeechRecord(
                 request_id=request_id,
@@ -253,12 +309,38 @@ class SpeechService:
             await stream.abort()
             raise
         timeline.mark("committed")
-        with telemetry.phase("sign"):
-            result = await self._signed(record, timeline)
-        if claim is None:
+        try:
+            with telemetry.phase("sign"):
+                result = await self._signed(record, timeline)
+            if claim is None:
+                return result, False
+            kept, replayed = await claim.keep(result.record())
+        except BaseException:
+            await self._discard(record, claim)
+            raise
+        if not replayed:
             return result, False
-        kept, replayed = await claim.keep(result.record(), self._discard)
-        return (await self._signed(kept) if replayed else result), replayed
+        await self._discard(record)  # another instance kept its answer first
+        return await self._signed(kept), True
+
+    async def _speak(
+        self,
+        lease: Lease[RealtimeSession],
+        question: Question,
+        stream: AnswerStream,
+        timeline: Timeline,
+        deadline: float,
+    ) -> tuple[SpokenAnswer, Lease[RealtimeSession]]:
+        """The answer, and the lease of the session that gave it: a spare that the service closed
+        before it answered anything costs a new session within the deadline, never an error."""
+        try:
+            return await _spoken_on(lease, question, stream, timeline), lease
+        except SessionLost:
+            log.info("spare session to backend %s was closed by the service: connecting", lease.name)
+        fresh = await self._connect(deadline)
+        timeline.spare_session = False
+        telemetry.set_attributes(backend=fresh.name, spare_session=False)
+        return await _spoken_on(fresh, question, stream, timeline), fresh
 
     async def _commit(self, stream: AnswerStream, record: SpeechRecord) -> None:
         """Commit the audio, save its record (and commit the spoken question) in parallel; if any
@@ -275,7 +357,7 @@ class SpeechService:
         try:
             outcomes = await asyncio.gather(*writes.values(), return_exceptions=True)
         except BaseException:  # cancelled while writing: any write may have landed
-            await self._delete_quietly(*names)
+            await self._quietly(*map(self.store.delete, names))
             raise
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
@@ -284,19 +366,22 @@ class SpeechService:
                 for name, outcome in zip(names, outcomes, strict=True)
                 if not isinstance(outcome, BaseException)
             ]
-            await self._delete_quietly(*written)
+            await self._quietly(*map(self.store.delete, written))
             raise failures[0]
 
-    async def _discard(self, record: SpeechRecord) -> None:
-        """Remove an answer no caller will be given (it lost the race for its idempotency key)."""
+    async def _discard(self, record: SpeechRecord, claim: Claim | None = None) -> None:
+        """Remove a committed answer no caller will be given (a failure after its commit, or it lost
+        the race for its idempotency key), with the key's record when `claim` may have written it."""
         names = [record.blob_name, record_name(record.blob_name)]
-        await self._delete_quietly(*names, *([record.input_blob_name] if record.input_blob_name else []))
+        names += [record.input_blob_name] if record.input_blob_name else []
+        withdrawal = [claim.withdraw(record)] if claim is not None else []
+        await self._quietly(*map(self.store.delete, names), *withdrawal)
 
-    async def _delete_quietly(self, *blob_names: str) -> None:
-        """Best effort, bounded: remove blobs no caller will be given."""
+    async def _quietly(self, *cleanups: Awaitable[object]) -> None:
+        """Best effort, bounded: clean up after a failure, whose error is the one that counts."""
         with contextlib.suppress(ServiceError, TimeoutError):
             async with asyncio.timeout(CLEANUP_SECONDS):
-                await asyncio.gather(*(self.store.delete(name) for name in blob_names))
+                await asyncio.gather(*cleanups)
 
     async def _signed(self, record: SpeechRecord, timeline: Timeline | None = None) -> SpeechResult:
         """The record with fresh read-only URLs (and, for a new answer, its final timings)."""
@@ -343,10 +428,22 @@ class SpeechService:
             await openai_token_provider(self.credential)()
 
     async def close(self) -> None:
+        await self.spares.close()
         await self.store.close()
         for backend in self.backends.values():
             await backend.close()
         await self.credential.close()
+
+
+async def _spoken_on(
+    lease: Lease[RealtimeSession], question: Question, stream: AnswerStream, timeline: Timeline
+) -> SpokenAnswer:
+    """Ask on the lease's session, then close it and end its count in the pool."""
+    try:
+        return await lease.value.answer(question.voice, stream, timeline)
+    finally:
+        await lease.value.close()
+        lease.release()
 
 
 def record_name(audio_name: str) -> str:

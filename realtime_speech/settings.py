@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     realtime_speed: float = Field(1.0, ge=0.25, le=1.5)
     realtime_max_output_tokens: int | None = Field(None, ge=1, le=4096)
     realtime_transcription_model: str = Field("whisper-1", min_length=1)
+    # spare sessions: opened in advance so that a request skips the handshake (see `spares`)
+    realtime_spare_sessions: int = Field(0, ge=0, le=8)
+    realtime_spare_max_age_seconds: float = Field(600.0, ge=1, le=1500)
+    realtime_spare_idle_seconds: float = Field(300.0, ge=1, le=3600)
     audio_mp3_bitrate_kbps: int = 48
     # spoken questions
     audio_input_max_bytes: int = Field(25 * MIB, ge=64 * 1024, le=100 * MIB)

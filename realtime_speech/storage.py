@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,9 +37,14 @@ from .errors import IdentityUnavailable, ServiceError, StorageUnavailable
 HEADER_BLOCK_ID = f"{0:08d}"
 # The smallest block staged while audio streams: at real-time pace (48 kB/s) about one per second.
 MIN_BLOCK_BYTES = 64 * 1024
+# A key's and a URL's validity start this far in the past: a local clock ahead of Storage's must not
+# make them valid only from a moment Storage has not reached yet.
 CLOCK_SKEW = timedelta(minutes=5)
-KEY_RENEWAL_MARGIN = timedelta(hours=1)
-MAX_KEY_LIFETIME = timedelta(days=7)
+# Storage refuses a user-delegation key that expires more than 7 days after its own clock's now: keys
+# are asked for an hour less, so a local clock somewhat ahead does not fail every key request.
+MAX_KEY_LIFETIME = timedelta(days=7) - timedelta(hours=1)
+# One key signs the URLs of this long; then the next is fetched.
+KEY_WINDOW = timedelta(hours=1)
 # Connections to Blob Storage kept open at once. Each TLS connection holds about 300 KiB (asyncio's
 # 256 KiB read buffer and the TLS state); aiohttp's default of 100 let bursts keep 60 or more alive.
 # A request holds a connection only while one storage call is under way, two at most at a time.
@@ -64,10 +70,15 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
         account_url,
         credential=credential,
         transport=AioHttpTransport(session=session, session_owner=True),
-        retry_policy=NotedRetry(backoff=1, random_jitter_range=1, retry_total=2),
+        retry_policy=fast_failing_retry(),
         connection_timeout=5,
         read_timeout=30,
     )
+
+
+def fast_failing_retry() -> NotedRetry:
+    """Two retries about a second apart (full jitter), each failed attempt noted (see `NotedRetry`)."""
+    return NotedRetry(backoff=1, random_jitter_range=1, retry_total=2)
 
 
 class NotedRetry(LinearRetry):
@@ -112,20 +123,72 @@ async def storage_errors(action: str) -> AsyncIterator[None]:
         raise StorageUnavailable(f"Blob Storage failed to {action} (HTTP {status}).") from None
 
 
-class AudioStore:
-    """The audio container: one per process, shared by every request."""
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class UrlSigning:
+    """What a read-only URL signed now uses: a user-delegation key and the URL's validity."""
+
+    key: UserDelegationKey
+    start: datetime
+    expiry: datetime
+
+
+class DelegationKeys:
+    """User-delegation keys for URLs of one lifetime (`url_ttl`): one key per `KEY_WINDOW`, asked for
+    from `CLOCK_SKEW` in the past until the window's last URL has expired, and never more than
+    `MAX_KEY_LIFETIME` ahead. Past about 6 days 22 hours a URL cannot live its whole lifetime (the key
+    ends first): it then lives until its key's end, between 6 days 22 and 23 hours.
+
+    `fetch(start, expiry)` asks Storage for a key; `clock` is the local clock (UTC).
+    """
 
     def __init__(
-        self, service: BlobServiceClient, container: str, block_size: int, url_ttl: timedelta
+        self,
+        fetch: Callable[[datetime, datetime], Awaitable[UserDelegationKey]],
+        url_ttl: timedelta,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._fetch = fetch
+        self._url_ttl = url_ttl
+        self._key_lifetime = min(url_ttl + KEY_WINDOW, MAX_KEY_LIFETIME)
+        self._clock = clock
+        self._key: UserDelegationKey | None = None
+        self._fetched_at = self._key_expiry = datetime.min.replace(tzinfo=UTC)
+        self._lock = asyncio.Lock()
+
+    async def signing(self) -> UrlSigning:
+        """The key for a URL signed now (the window's, or a new one) and that URL's validity."""
+        now = self._clock().replace(microsecond=0)  # a SAS and a key's times have whole seconds
+        async with self._lock:
+            if self._key is None or not self._fetched_at <= now < self._fetched_at + KEY_WINDOW:
+                expiry = now + self._key_lifetime
+                self._key = await self._fetch(now - CLOCK_SKEW, expiry)
+                self._fetched_at, self._key_expiry = now, expiry
+            return UrlSigning(self._key, now - CLOCK_SKEW, min(now + self._url_ttl, self._key_expiry))
+
+
+class AudioStore:
+    """The audio container: one per process, shared by every request. `clock` signs its URLs."""
+
+    def __init__(
+        self,
+        service: BlobServiceClient,
+        container: str,
+        block_size: int,
+        url_ttl: timedelta,
+        clock: Clock = utc_now,
     ) -> None:
         self._service = service
         self._container = service.get_container_client(container)
         self._block_size = block_size
-        self._url_ttl = url_ttl
         self._ready: asyncio.Task[None] | None = None
-        self._key: UserDelegationKey | None = None
-        self._key_expiry = datetime.min.replace(tzinfo=UTC)
-        self._key_lock = asyncio.Lock()
+        self._keys = DelegationKeys(self._fetch_delegation_key, url_ttl, clock)
 
     @property
     def container_name(self) -> str:
@@ -161,7 +224,7 @@ class AudioStore:
         async with storage_errors("create the audio container"):
             with suppress(ResourceExistsError):
                 await self._container.create_container()
-        await self._delegation_key(valid_until=datetime.now(UTC) + self._url_ttl)
+        await self._keys.signing()
 
     def writer(self, blob_name: str, content_type: str) -> BlockBlobWriter:
         """A writer for a new blob; nothing is visible until its commit."""
@@ -202,35 +265,26 @@ class AudioStore:
 
     async def read_url(self, blob_name: str, download_name: str, content_type: str) -> tuple[str, datetime]:
         """A read-only user-delegation SAS URL for the blob, and when it expires."""
-        now = datetime.now(UTC)
-        expires_at = (now + self._url_ttl).replace(microsecond=0)
-        key = await self._delegation_key(valid_until=expires_at)
+        signing = await self._keys.signing()
         https = self._service.url.startswith("https:")
         sas = generate_blob_sas(
             account_name=self._service.account_name,
             container_name=self.container_name,
             blob_name=blob_name,
-            user_delegation_key=key,
+            user_delegation_key=signing.key,
             permission=BlobSasPermissions(read=True),
-            start=now - CLOCK_SKEW,
-            expiry=expires_at,
+            start=signing.start,
+            expiry=signing.expiry,
             protocol="https" if https else None,
             content_disposition=f'attachment; filename="{download_name}"',
             content_type=content_type,
         )
         blob_url = self._container.get_blob_client(blob_name).url
-        return f"{blob_url}?{sas}", expires_at
+        return f"{blob_url}?{sas}", signing.expiry
 
-    async def _delegation_key(self, valid_until: datetime) -> UserDelegationKey:
-        """The cached user-delegation key, renewed well before it could outlive a SAS."""
-        async with self._key_lock:
-            if self._key is None or self._key_expiry < valid_until + KEY_RENEWAL_MARGIN:
-                start = datetime.now(UTC)
-                expiry = start + min(MAX_KEY_LIFETIME, self._url_ttl + timedelta(days=1))
-                async with storage_errors("get a user delegation key"):
-                    self._key = await self._service.get_user_delegation_key(start, expiry)
-                self._key_expiry = expiry
-            return self._key
+    async def _fetch_delegation_key(self, start: datetime, expiry: datetime) -> UserDelegationKey:
+        async with storage_errors("get a user delegation key"):
+            return await self._service.get_user_delegation_key(start, expiry)
 
 
 class BlockBlobWriter:

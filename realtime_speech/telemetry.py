@@ -100,6 +100,7 @@ class Attributes(TypedDict, total=False):
     audio_seconds: float
     problem_type: str
     http_status: int
+    spare_session: bool
 
 
 _ATTRIBUTE_NAMES: dict[str, str] = {
@@ -112,6 +113,7 @@ _ATTRIBUTE_NAMES: dict[str, str] = {
     # not error.type: the Azure Monitor exporter keeps standard attributes out of customDimensions
     "problem_type": "speech.problem_type",
     "http_status": "http.response.status_code",
+    "spare_session": "speech.spare_session",
 }
 # (direction, modality): the path of the count in the model's usage; the modality is None for the total.
 _USAGE_COUNTS: dict[tuple[str, str | None], tuple[str, ...]] = {
@@ -668,18 +670,18 @@ def _child_span(pipeline: _Pipeline, name: str, attributes: dict[str, Any]) -> I
 # --- values ----------------------------------------------------------------------------------------
 
 
-def _checked(attributes: Mapping[str, Any]) -> dict[str, str | int | float]:
+def _checked(attributes: Mapping[str, Any]) -> dict[str, str | int | float | bool]:
     unknown = attributes.keys() - _ATTRIBUTE_NAMES.keys()
     if unknown:
         raise TypeError(f"not an allowed telemetry attribute: {', '.join(sorted(unknown))}")
-    checked: dict[str, str | int | float] = {}
+    checked: dict[str, str | int | float | bool] = {}
     for name, value in attributes.items():
         if isinstance(value, str):
             checked[name] = _safe_value(value)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
+        elif isinstance(value, int | float):  # a bool is a flag, such as spare_session
             checked[name] = value
         elif value is not None:
-            raise TypeError(f"telemetry attribute {name} must be a string or a number")
+            raise TypeError(f"telemetry attribute {name} must be a string, a number or a flag")
     return checked
 
 

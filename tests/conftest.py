@@ -23,6 +23,7 @@ import pytest_asyncio
 from azure.identity.aio import ManagedIdentityCredential
 from azure.storage.blob.aio import BlobServiceClient
 
+from devtools import prerequisites
 from devtools.stack import Stack, is_ambient_setting, start_stack
 
 from .speech_client import SpeechClient
@@ -32,6 +33,14 @@ TEST_HOST_SETTINGS = {"MAX_CONCURRENT_SESSIONS": "100"}
 
 ClientEnv = Callable[..., AbstractContextManager[dict[str, str]]]
 SpeechHost = Callable[..., AbstractAsyncContextManager[SpeechClient]]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, with one message, when the machine lacks a tool the tests use (`make test` installs
+    them first where it can; a bare `pytest` only checks)."""
+    absent = prerequisites.missing()
+    if absent:
+        pytest.exit(prerequisites.report(absent), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")

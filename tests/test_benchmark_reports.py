@@ -4,6 +4,8 @@ registry, the summaries and the generated part of RESULTS.md."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import get_type_hints
@@ -13,6 +15,7 @@ import pytest
 
 from benchmarks import markdown, records, summaries
 from benchmarks.registry import BENCHMARKS
+from benchmarks.run import Workers
 
 HERE = Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS_TEXT = (HERE / "results.json").read_text()
@@ -180,9 +183,29 @@ def test_an_older_results_json_without_the_new_benchmarks_still_loads_and_render
         "audio_decoding",
         "backend_pool",
         "telemetry",
+        "machine_load",
     ):
         del data[name]
     older = records.parse(records.Results, data)
-    assert older.first_audio == [] and older.telemetry == []
+    assert older.first_audio == [] and older.telemetry == [] and older.machine_load == {}
     rendered = markdown.render(older)
     assert "Time to first audio" not in rendered and "## Targets" in rendered
+    assert "Machine load while it ran: not in results.json" in rendered
+
+
+def test_every_section_says_how_busy_the_machine_was(results: records.Results) -> None:
+    loads = {name: [1.0 + index, 3.0] for index, name in enumerate(BENCHMARKS)}
+    rendered = markdown.render(replace(results, machine_load=loads))
+    sections = rendered.split("\n## ")[2:]  # after the run and the targets
+    assert len(sections) == 10
+    for section in sections:
+        assert "\nMachine load while it ran: 1-minute load average " in section, section[:80]
+    assert "load average 2.0 to 3.0, median 2.5 (2 readings), on 2 CPUs." in sections[0]  # latency
+    assert "load average 3.0 to 5.0, median 3.5 (4 readings), on 2 CPUs." in sections[2]  # with storage
+
+
+def test_a_worker_run_reads_the_load_as_it_starts_and_ends() -> None:
+    readings: list[float] = []
+    worker = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert Workers._wait_reading_load(worker, readings) == 0
+    assert len(readings) == 2 and all(reading >= 0 for reading in readings)

@@ -392,6 +392,13 @@ MUTATIONS = {
         "openai_pool",
         "the pool's appPrincipalId",
     ),
+    "extra accounts without the transcription deployment": Mutation(
+        OPENAI_POOL,
+        "    createTranscriptionDeployment: true\n",
+        "    createTranscriptionDeployment: false\n",
+        "openai_pool",
+        "needs the transcription deployment",
+    ),
     "extra accounts with another model": Mutation(
         OPENAI_POOL,
         "    modelName: modelName\n",
@@ -502,6 +509,27 @@ MUTATIONS = {
         "@maxValue(200)\nparam realtimeSpeed",
         "defaults",
         "<= 1.5",
+    ),
+    "no spare session deployed": Mutation(
+        MAIN,
+        "realtimeSpareSessions int = 1",
+        "realtimeSpareSessions int = 0",
+        "defaults",
+        "REALTIME_SPARE_SESSIONS: Bicep default 0 (realtimeSpareSessions) must be the deployed default 1",
+    ),
+    "more spares than the code takes": Mutation(
+        MAIN,
+        "@maxValue(8)\nparam realtimeSpareSessions",
+        "@maxValue(16)\nparam realtimeSpareSessions",
+        "defaults",
+        "realtimeSpareSessions: @maxValue must be <= 8",
+    ),
+    "spares older than a session lives": Mutation(
+        MAIN,
+        "@maxValue(1500)\nparam realtimeSpareMaxAgeSeconds",
+        "@maxValue(1800)\nparam realtimeSpareMaxAgeSeconds",
+        "defaults",
+        "realtimeSpareMaxAgeSeconds: @maxValue must be <= 1500",
     ),
     "max tokens always set": Mutation(
         MAIN, "realtimeMaxOutputTokens int = 0", "realtimeMaxOutputTokens int = 4096", "defaults", "must be 0"

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -34,8 +35,9 @@ from .speech_client import SpeechClient
 from .sse_replay_server import PAGE, SPLIT_FROM_ERROR, TRANSCRIPT, odd_deltas, tone_pcm
 from .test_speech_api import parse_wav, unique_text
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# Installed by `make test` (devtools/prerequisites.py) where apt allows; it names them otherwise.
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -54,6 +56,7 @@ SETTLED = ("done", "error")
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    assert CHROMIUM and CHROMEDRIVER, "chromium and chromedriver: run `python3 -m devtools.prerequisites`"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:
@@ -302,3 +305,36 @@ async def test_function_app_page_shows_why_a_request_is_bad(
     assert state["error"]["status"] == expected["status"] == 400
     assert state["error"]["detail"] == page.text_of("problem-detail") == expected["detail"]
     assert state["error"]["type"] == expected["type"]
+
+
+async def test_function_app_page_stop_cancels_the_answer_and_keeps_nothing(
+    browser: WebDriver, playground_host: SpeechClient
+) -> None:
+    """Stop while the model is still speaking (30 s in real time): the page leaves the stream, the
+    app cancels the model's response and closes the session, and nothing is committed."""
+    text = unique_text("[[emulator:slow pace=1 seconds=30]] Stop me during")
+    blobs_before = await playground_host.blob_names()
+
+    def ask_then_stop() -> tuple[dict[str, Any], str]:
+        page = Playground(browser, playground_host.host_url)
+        page.driver.find_element(By.ID, "text").send_keys(text)
+        page.driver.find_element(By.ID, "speak").click()
+        WebDriverWait(browser, 60).until(lambda _: page.state()["scheduledSamples"] > 0)
+        assert page.state()["state"] == "streaming"
+        # set from speech.started on (in a panel still hidden, so read as the DOM has it)
+        request_id = page.driver.find_element(By.ID, "request-id").get_attribute("textContent")
+        page.driver.find_element(By.ID, "stop").click()
+        WebDriverWait(browser, 10).until(lambda _: page.state()["state"] != "streaming")
+        assert page.text_of("status-text") == "Stopped"
+        return page.state(), request_id
+
+    state, request_id = await asyncio.to_thread(ask_then_stop)
+    assert state["state"] == "idle" and state["done"] is None and state["error"] is None
+    outcome = await playground_host.request_outcome(request_id)
+    assert (outcome["status"], outcome["error"], outcome["stream"]) == (499, "client-closed-request", True)
+    await playground_host.assert_sessions_closed()
+    session = await playground_host.emulator_session(text)
+    assert "response.cancel" in session["client_event_types"]
+    assert session["ended_by"] == "client_close"
+    assert 0 < session["audio_bytes"] < 30 * 48_000
+    assert await playground_host.blob_names() == blobs_before

@@ -115,6 +115,7 @@ async def test_the_model_saw_a_managed_identity_token_and_the_requested_session(
     assert config["audio"]["output"]["voice"] == "coral"
     assert config["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert config["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert config["audio"]["input"]["transcription"] is None  # nothing spoken, nothing to transcribe
     assert config["output_modalities"] == ["audio"]
 
 

@@ -132,7 +132,14 @@ def test_session_configuration_is_the_quickstarts_in_ga_shape() -> None:
         300,
         200,
     )
-    assert config["audio"]["input"]["transcription"] == {"model": "whisper-1"}
+    assert "transcription" not in config["audio"]["input"]  # a text question has nothing to transcribe
+
+
+def test_only_a_spoken_question_configures_input_transcription_and_turns_vad_off() -> None:
+    pcm = {"type": "audio/pcm", "rate": 24000}
+    spoken = VoiceRequest(None, "Be kind.", "coral", "whisper-1", pcm, input_audio=b"\0\0", input_format=pcm)
+    audio_input = session_config(spoken)["audio"]["input"]
+    assert (audio_input["transcription"], audio_input["turn_detection"]) == ({"model": "whisper-1"}, None)
 
 
 def test_settings_name_every_problem_without_values(monkeypatch: pytest.MonkeyPatch) -> None:

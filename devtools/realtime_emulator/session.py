@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -26,6 +27,12 @@ from .validation import RequestError, client_event
 
 log = logging.getLogger(__name__)
 
+TRANSCRIPTION_ERROR = {
+    "type": "invalid_request_error",
+    "code": "audio_unintelligible",
+    "message": "The audio could not be transcribed.",
+    "param": None,
+}
 SERVER_ERROR_MESSAGE = (
     "The server had an error while processing your request. Sorry about that! You can retry your request, "
     "or contact us through an Azure support request if the error persists. "
@@ -75,6 +82,9 @@ class SessionRecord:
     response_status: str | None = None
     input_audio: list[dict[str, Any]] = field(default_factory=list)
     ended_by: str | None = None
+    opened_at: float = field(default_factory=time.time)
+    first_session_update_at: float | None = None
+    ended_at: float | None = None
     raw_input_audio: dict[str, bytes] = field(default_factory=dict, repr=False)
     """Committed input audio by item id; served by its own route, not in the JSON record."""
 
@@ -138,6 +148,8 @@ class RealtimeSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropped = False
         self.shutting_down = False
+        self.idle_closed = False
+        self.last_client_event = time.monotonic()
 
     async def run(self) -> None:
         """Serve the connection until it ends, then note how it ended."""
@@ -151,11 +163,26 @@ class RealtimeSession:
         finally:
             for task in self._tasks:
                 task.cancel()
+            if self._active is not None and self._active.cancel.is_set():
+                # the client asked to cancel and left before response.done: cancelled all the same
+                self.record.response_status = "cancelled"
             self.record.ended_by = self._ending()
+            self.record.ended_at = time.time()
+
+    def idle_for(self) -> float | None:
+        """Seconds since the client's last event, None while a response is being sent."""
+        return None if self._active is not None else time.monotonic() - self.last_client_event
+
+    async def close_idle(self) -> None:
+        """End a session that has been idle too long, as the service does: a close frame (1000)."""
+        self.idle_closed = True
+        await self.ws.close(code=1000, message=b"session idle timeout")
 
     def _ending(self) -> str:
         if self._dropped:
             return "emulator_drop"
+        if self.idle_closed:
+            return "emulator_idle_timeout"
         if self.shutting_down:
             return "emulator_shutdown"
         if self.ws.close_code in (None, 1006):
@@ -175,6 +202,7 @@ class RealtimeSession:
         await self._send(protocol.error_event(error, client_event_id))
 
     async def _handle(self, data: str) -> None:
+        self.last_client_event = time.monotonic()
         try:
             raw = json.loads(data)
         except ValueError as error:
@@ -211,6 +239,8 @@ class RealtimeSession:
     # --- session and conversation -----------------------------------------------------------------
 
     async def _update_session(self, event: dict[str, Any]) -> None:
+        if self.record.first_session_update_at is None:
+            self.record.first_session_update_at = time.time()
         update = event["session"]
         voice = update.get("audio", {}).get("output", {}).get("voice")
         if voice is not None and voice != self._voice() and self._audio_produced:
@@ -294,8 +324,19 @@ class RealtimeSession:
             await self._transcribe(committed, transcription.get("model", "whisper-1"))
 
     async def _transcribe(self, committed: CommittedAudio, model: str) -> None:
-        """Send the committed audio's transcription now, later, or never, as the scenario says."""
+        """Send the committed audio's transcription now, later, never, or its failure, as the scenario
+        says."""
         if self._scenario.name == "transcript_never":
+            return
+        if self._scenario.name == "transcript_failed":
+            await self._send(
+                server_event(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=committed.item_id,
+                    content_index=0,
+                    error=dict(TRANSCRIPTION_ERROR),
+                )
+            )
             return
         if self._scenario.name == "transcript_late":
             self._held_transcriptions.append(HeldTranscription(committed, model, self._scenario.delay))
