@@ -71,6 +71,8 @@ class UpstreamRateLimited(ServiceError):
 
 
 class TooManySessions(ServiceError):
+    """MAX_CONCURRENT_SESSIONS reached: another instance, or this one a moment later, takes the request."""
+
     status, code, title = 429, "too-many-sessions", "The instance is answering as many questions as it may"
     default_retry_after = 1.0
 

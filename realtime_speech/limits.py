@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from .errors import TooManySessions
 
-SESSIONS_RETRY_AFTER_SECONDS = 1.0
-
 
 class SessionLimit:
     """A counter of the answers in flight in this process, with a hard ceiling."""
@@ -23,10 +21,8 @@ class SessionLimit:
     def acquire(self) -> SessionSlot:
         """A slot for one request until it is released, or TooManySessions (429) when none is free."""
         if self.active >= self.limit:
-            raise TooManySessions(
-                f"This instance is answering {self.limit} questions, its limit; retry shortly.",
-                retry_after=SESSIONS_RETRY_AFTER_SECONDS,
-            )
+            limit = self.limit
+            raise TooManySessions(f"This instance is answering {limit} questions, its limit; retry shortly.")
         self.active += 1
         return SessionSlot(self)
 
