@@ -49,9 +49,17 @@ KEY_WINDOW = timedelta(hours=1)
 # 256 KiB read buffer and the TLS state); aiohttp's default of 100 let bursts keep 60 or more alive.
 # A request holds a connection only while one storage call is under way, two at most at a time.
 MAX_STORAGE_CONNECTIONS = 32
+CONNECT_TIMEOUT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 30.0  # a whole block's upload included
 
 
-def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> BlobServiceClient:
+def blob_service_client(
+    account_url: str,
+    credential: AsyncTokenCredential,
+    *,
+    connection_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    read_timeout: float = READ_TIMEOUT_SECONDS,
+) -> BlobServiceClient:
     """The process-wide client, failing fast when storage is down.
 
     The SDK's default retry waits about 15, 18 and 24 s between attempts, so an outage would use up
@@ -66,13 +74,16 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
     )
+    # The timeouts belong to the transport: the client's own timeout arguments do not reach a transport
+    # that is passed in (it would keep azure-core's 300 s).
+    transport = AioHttpTransport(
+        session=session,
+        session_owner=True,
+        connection_timeout=connection_timeout,
+        read_timeout=read_timeout,
+    )
     return BlobServiceClient(
-        account_url,
-        credential=credential,
-        transport=AioHttpTransport(session=session, session_owner=True),
-        retry_policy=fast_failing_retry(),
-        connection_timeout=5,
-        read_timeout=30,
+        account_url, credential=credential, transport=transport, retry_policy=fast_failing_retry()
     )
 
 
