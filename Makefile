@@ -48,6 +48,7 @@ infra-check: $(IAC_VENV)/.installed
 
 bench: setup
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.spoken_parallel
 	$(PY) -m benchmarks.spares
 
 clean:

@@ -4,7 +4,7 @@ service lives in the `realtime_speech` package."""
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from realtime_speech import chat_api, http
+from realtime_speech import chat_api, http, reports
 
 app = func.FunctionApp()
 
@@ -31,7 +31,12 @@ async def warmup(context: func.warmup.WarmUpContext) -> None:
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: Request) -> Response:
-    return await http.health(req)
+    return await reports.health(req)
+
+
+@app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def status(req: Request) -> Response:
+    return await reports.status(req)
 
 
 @app.route(route="playground", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

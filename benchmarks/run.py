@@ -55,6 +55,9 @@ SETTLE_SECONDS = 2.0
 metadata) from the previous step is not counted."""
 APP_PATHS = ("function_app.py", "realtime_speech")
 HOSTED_APP = "benchmarks.hosted_app"
+# The benchmarks measure the service at up to 200 sessions in one process, not MAX_CONCURRENT_SESSIONS
+# (its own benchmark is `benchmarks.spoken_parallel`): the highest limit.
+UNLIMITED_SESSIONS = {"MAX_CONCURRENT_SESSIONS": "1000"}
 APP_ROOT_SETTING = "BENCH_APP_ROOT"
 """Where `benchmarks.hosted_app` imports the app from (a module the runner must not import itself)."""
 
@@ -108,7 +111,7 @@ class Workers:
         """The function host's environment plus `settings`; the app comes from the app root,
         `benchmarks` from this checkout."""
         path = os.pathsep.join(dict.fromkeys([str(self._app_root), str(REPO_ROOT)]))
-        return {**self._stack.host_env(settings), "PYTHONPATH": path}
+        return {**self._stack.host_env({**UNLIMITED_SESSIONS, **settings}), "PYTHONPATH": path}
 
     def run(
         self,
@@ -159,7 +162,8 @@ class Workers:
 
     def start_host(self) -> ServiceProcess:
         """A dev host (over a socket) of the app in the app root, with the stack's settings."""
-        return self._stack.start_host({APP_ROOT_SETTING: str(self._app_root)}, app=HOSTED_APP)
+        settings = {**UNLIMITED_SESSIONS, APP_ROOT_SETTING: str(self._app_root)}
+        return self._stack.start_host(settings, app=HOSTED_APP)
 
     def import_profile(self) -> str:
         """`python -X importtime -c 'import function_app'` (its stderr) in a fresh process."""

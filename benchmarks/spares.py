@@ -29,6 +29,8 @@ from typing import Any
 from devtools.process import ServiceProcess
 from devtools.stack import REPO_ROOT, Stack, start_stack
 
+from .run import UNLIMITED_SESSIONS
+
 DELAYS_MS = (0, 50, 150, 300)
 TARGET_DELAY_MS = 150
 CALLERS = (1, 16)
@@ -108,8 +110,8 @@ async def measure(stack: Stack, plan: Plan) -> Results:
 
     emulator = Emulator(stack.openai_endpoint)
     load_before = os.getloadavg()
-    spare_host = stack.start_host({"REALTIME_SPARE_SESSIONS": str(SPARES)})
-    plain_host = stack.start_host({})
+    spare_host = stack.start_host({**UNLIMITED_SESSIONS, "REALTIME_SPARE_SESSIONS": str(SPARES)})
+    plain_host = stack.start_host(UNLIMITED_SESSIONS)
     spare, plain = HostedFunction(spare_host.url), HostedFunction(plain_host.url)
     bare = BareRealtime(stack.emulator_api_key)
     text = speech_text(ANSWER_SECONDS, pace=1.0)

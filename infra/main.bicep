@@ -431,6 +431,10 @@ var openAiBackends = concat([
 // AZURE_OPENAI_API_KEY (local use only; the app authenticates with its managed identity),
 // AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT_NAME (AZURE_OPENAI_BACKENDS replaces them) and
 // OTEL_EXPORTER_OTLP_ENDPOINT (the OTLP exporter, an alternative to Application Insights).
+// MAX_CONCURRENT_SESSIONS follows the instance memory: the app's default (4) is sized for 512 MB, so
+// 4 sessions per 512 MB (16 at 2048 MB, 32 at 4096 MB).
+var maxConcurrentSessions = instanceMemoryMB / 128
+
 var appSettings = {
   AZURE_OPENAI_BACKENDS: string(openAiBackends)
   AZURE_OPENAI_CIRCUIT_FAILURES: string(openAiCircuitFailures)
@@ -440,6 +444,7 @@ var appSettings = {
   AUDIO_URL_TTL_MINUTES: string(audioUrlTtlMinutes)
   AUDIO_BLOCK_SIZE_BYTES: string(audioBlockSizeBytes)
   REALTIME_TIMEOUT_SECONDS: string(realtimeTimeoutSeconds)
+  MAX_CONCURRENT_SESSIONS: string(maxConcurrentSessions)
   REALTIME_INSTRUCTIONS: realtimeInstructions
   REALTIME_VOICE: realtimeVoice
   REALTIME_SPEED: '${realtimeSpeedPercent / 100}.${padLeft(string(realtimeSpeedPercent % 100), 2, '0')}'

@@ -332,7 +332,7 @@ def _model_pcm(audio: sf.SoundFile, max_seconds: float) -> tuple[bytes, int]:
         blocks.append(_pcm16(mono if resampler is None else resampler.resample_chunk(mono)))
     if resampler is not None:
         blocks.append(_pcm16(resampler.resample_chunk(np.zeros(0, np.float32), last=True)))
-    return b"".join(block.tobytes() for block in blocks), decoded
+    return b"".join(blocks), decoded  # straight from the arrays' buffers, one copy
 
 
 def _check_finite(block: np.ndarray, first_frame: int) -> None:

@@ -7,23 +7,27 @@ encoded piece by piece, so a long answer costs no more memory than a short one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from . import openai_chat
 from .edge import (
+    CLIENT_CLOSED_REQUEST,
     REQUEST_ID_HEADER,
     EventStream,
     Outcome,
     is_json,
-    read_body,
+    read_body_within,
     request_id,
     retry_after_seconds,
     speech_service,
 )
 from .errors import ServiceError, UnsupportedMediaType
+from .limits import SessionSlot
 from .models import SpeechResult
 from .openai_chat import Base64Pieces, ChatRequest, ChunkStream
 from .service import SpeechService, audio_id
@@ -38,13 +42,20 @@ async def chat_completions(req: Request) -> Response:
     """`POST /api/v1/chat/completions`: a conversation in, its spoken answer out as a
     `chat.completion`, or as `chat.completion.chunk` events with `stream: true`."""
     outcome = Outcome.start(req, COMPLETIONS_ROUTE, surface="chat")
+    slot: SessionSlot | None = None
     try:
         if not is_json(req.headers.get("content-type")):
             raise UnsupportedMediaType("The content type must be application/json.")
         service = await speech_service()
-        audio_max_bytes = service.settings.audio_input_max_bytes
-        body = await read_body(req, openai_chat.body_limit(audio_max_bytes))
-        chat = openai_chat.parse_chat_request(body, service.pool.deployments(), audio_max_bytes)
+        settings = service.settings
+        slot = service.sessions.acquire()  # before any of the body is read
+        deadline = asyncio.get_running_loop().time() + settings.realtime_timeout_seconds
+        limit = openai_chat.body_limit(settings.audio_input_max_bytes)
+        body = await read_body_within(req, limit, deadline, settings.realtime_timeout_seconds)
+        chat = openai_chat.parse_chat_request(
+            body, service.pool.deployments(), settings.audio_input_max_bytes
+        )
+        del body
         answering = await service.start(
             chat.question,
             outcome.request_id,
@@ -52,15 +63,22 @@ async def chat_completions(req: Request) -> Response:
             events=chat.stream,
             audio_type=chat.audio_type,
             conversation=chat.conversation,
+            deadline=deadline,
         )
         completion, created = openai_chat.completion_id(), openai_chat.now()
         if chat.stream:
-            return EventStream(answering, outcome, ChunkStream(chat, completion, created, audio_id))
+            chunks = ChunkStream(chat, completion, created, audio_id)
+            # it records the outcome and frees the slot when the stream ends
+            stream, slot = EventStream(answering, outcome, chunks, slot=slot), None
+            return stream
         result = await answering.result()
         body_parts = await _completion_body(service.store, chat, completion, created, result)
         outcome.record(200, result=result)
         headers = {REQUEST_ID_HEADER: outcome.request_id}
         return StreamingResponse(body_parts, media_type="application/json", headers=headers)
+    except ClientDisconnect:  # the caller left while sending the body
+        outcome.record(CLIENT_CLOSED_REQUEST, error="client-closed-request")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     except ServiceError as exc:
         outcome.record(exc.status, error=exc.code)
         return error_response(exc, outcome.request_id)
@@ -68,6 +86,9 @@ async def chat_completions(req: Request) -> Response:
         log.exception("request_id=%s unexpected failure", outcome.request_id)
         outcome.record(500, error="internal-error")
         return error_response(ServiceError("The request failed unexpectedly."), outcome.request_id)
+    finally:
+        if slot is not None:
+            slot.release()
 
 
 async def _completion_body(

@@ -23,7 +23,8 @@ from starlette.types import Receive, Scope, Send
 
 from . import telemetry, telemetry_setup
 from .answer import Answering, Event
-from .errors import NotConfigured, PayloadTooLarge, ServiceError
+from .errors import NotConfigured, PayloadTooLarge, RequestTimeout, ServiceError
+from .limits import SessionSlot
 from .logs import install_redaction
 from .models import SpeechResult, Timeline
 from .service import SpeechService
@@ -74,8 +75,12 @@ async def _close_quietly(service: SpeechService) -> None:
         log.debug("closing the previous service failed: %s", type(exc).__name__)
 
 
-async def read_body(req: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it grows past `limit` bytes."""
+async def read_body(req: Request, limit: int) -> bytearray:
+    """The request body, refused as soon as it grows past `limit` bytes.
+
+    One growing buffer, handed over as it is: a large one is a single mapping that goes back to the
+    system when it is let go, where a list of chunks joined at the end would hold the body twice and
+    leave the chunks' memory to the allocator's heap."""
     declared = req.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The body is {declared} bytes; at most {limit} are accepted.")
@@ -84,7 +89,19 @@ async def read_body(req: Request, limit: int) -> bytes:
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"The body is over {limit} bytes; at most {limit} are accepted.")
-    return bytes(body)
+    return body
+
+
+async def read_body_within(req: Request, limit: int, deadline: float, timeout_seconds: float) -> bytearray:
+    """`read_body` within the request's deadline (event-loop time): a slow upload ends in 408."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await read_body(req, limit)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The body did not arrive within {timeout_seconds:g} s "
+            "(REALTIME_TIMEOUT_SECONDS bounds the whole request, the upload included)."
+        ) from None
 
 
 def media_type(content_type: str | None) -> str:
@@ -183,7 +200,7 @@ class EventStream(StreamingResponse):
     (the model is cancelled, nothing is committed; logged as 499), a comment is sent after
     `KEEP_ALIVE_SECONDS` of silence, and a stream whose caller stops reading is cut
     `STREAM_GRACE_SECONDS` after the answer's deadline (the answer itself has ended by then, with
-    nothing committed).
+    nothing committed). The request's `slot` (MAX_CONCURRENT_SESSIONS) is freed when it ends.
     """
 
     def __init__(
@@ -192,12 +209,14 @@ class EventStream(StreamingResponse):
         outcome: Outcome,
         renderer: StreamRenderer,
         headers: Mapping[str, str] | None = None,
+        slot: SessionSlot | None = None,
     ) -> None:
         sent = {REQUEST_ID_HEADER: outcome.request_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         super().__init__(self._frames(), media_type=EVENT_STREAM, headers={**sent, **(headers or {})})
         self._answering = answering
         self._renderer = renderer
         self._record = outcome
+        self._slot = slot
         self._outcome: tuple[int, SpeechResult | None, str | None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,7 +232,11 @@ class EventStream(StreamingResponse):
                 task.cancel()
             await asyncio.gather(stream, left, return_exceptions=True)
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
-            await self._finish()
+            try:
+                await self._finish()
+            finally:
+                if self._slot is not None:
+                    self._slot.release()
 
     async def _frames(self) -> AsyncIterator[bytes]:
         request_id = self._record.request_id

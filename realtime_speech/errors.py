@@ -76,6 +76,17 @@ class UpstreamRateLimited(ServiceError):
     default_retry_after = DEFAULT_RETRY_AFTER_SECONDS
 
 
+class TooManySessions(ServiceError):
+    """MAX_CONCURRENT_SESSIONS reached: another instance, or this one a moment later, takes the request."""
+
+    status, code, title = 429, "too-many-sessions", "The instance is answering as many questions as it may"
+    default_retry_after = 1.0
+
+
+class RequestTimeout(ServiceError):
+    status, code, title = 408, "request-timeout", "The request body did not arrive in time"
+
+
 class UpstreamAuthFailed(ServiceError):
     status, code, title = 502, "upstream-auth-failed", "The model refused the app's credentials"
 

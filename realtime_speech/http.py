@@ -3,11 +3,13 @@
 `POST /api/speech` answers with JSON, or with Server-Sent Events when the caller accepts
 `text/event-stream`; every failure is an RFC 9457 problem document (before the stream starts) or an
 `error` event (after). What the surfaces share (body limits, request ids, the event-stream machinery,
-the log line and the request span) is in `edge`. Also `GET /api/health` and `GET /api/playground`.
+the log line and the request span) is in `edge`. Also the warm-up and `GET /api/playground`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import binascii
 import contextlib
 import json
 import logging
@@ -18,16 +20,18 @@ from typing import Any
 
 from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from .audio_input import MEDIA_TYPES as AUDIO_MEDIA_TYPES
 from .edge import (
+    CLIENT_CLOSED_REQUEST,
     EVENT_STREAM,
     REQUEST_ID_HEADER,
     EventStream,
     Outcome,
     is_json,
     media_type,
-    read_body,
+    read_body_within,
     request_id,
     retry_after_seconds,
     speech_service,
@@ -40,8 +44,9 @@ from .errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from .limits import SessionSlot
 from .models import MAX_BODY_BYTES, SpeechRequest, SpeechResult
-from .settings import SettingsError, get_settings, settings_status
+from .settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger("realtime_speech")
 
@@ -49,6 +54,7 @@ IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _SAFE_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,128}")
 FUNCTION_KEY_PARAMETER = "code"
+_AUDIO_MEMBER = re.compile(rb'"audio"\s*:\s*"')
 # The page carries its own Content-Security-Policy (hashes of its inline script and style); these add
 # what a meta tag cannot say.
 _PLAYGROUND_HEADERS = {
@@ -75,29 +81,40 @@ async def speech(req: Request) -> Response:
     the events of the answer while it is spoken."""
     outcome = Outcome.start(req, "/api/speech")
     request_id = outcome.request_id
+    slot: SessionSlot | None = None
     try:
-        content_type = req.headers.get("content-type")
         service = await speech_service()
-        audio_max_bytes = service.settings.audio_input_max_bytes
+        content_type = req.headers.get("content-type")
         request_options(content_type, req.query_params)  # before the body, whose size must not hide them
         key = idempotency_key(req.headers)
-        body = await read_body(req, body_limit(content_type, audio_max_bytes))
-        speech_request = parse_speech_request(
-            content_type, body, req.query_params, audio_max_bytes=audio_max_bytes
-        )
+        slot = service.sessions.acquire()  # before any of the body is read
+        deadline = asyncio.get_running_loop().time() + service.settings.realtime_timeout_seconds
+        speech_request = await read_question(req, content_type, service.settings, deadline)
         events = wants_event_stream(req.headers.get("accept"))
         body_type = media_type(content_type)
         # a raw audio body's media type; audio in JSON is told from its bytes
         audio_type = body_type if body_type in AUDIO_MEDIA_TYPES else None
         answering = await service.start(
-            speech_request, request_id, outcome.timeline, key, events=events, audio_type=audio_type
+            speech_request,
+            request_id,
+            outcome.timeline,
+            key,
+            events=events,
+            audio_type=audio_type,
+            deadline=deadline,
         )
+        del speech_request  # a spoken question's bytes live on only where the answer still needs them
         if events:
-            # it records the outcome when the stream ends
-            return EventStream(answering, outcome, SPEECH_EVENTS, _replayed_header(answering.replayed))
+            headers = _replayed_header(answering.replayed)
+            # it records the outcome and frees the slot when the stream ends
+            stream, slot = EventStream(answering, outcome, SPEECH_EVENTS, headers, slot), None
+            return stream
         result = await answering.result()
         outcome.record(200, result=result, replayed=answering.replayed)
         return _success_response(result, request_id, answering.replayed)
+    except ClientDisconnect:  # the caller left while sending the body
+        outcome.record(CLIENT_CLOSED_REQUEST, error="client-closed-request")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     except ServiceError as exc:
         outcome.record(exc.status, error=exc.code)
         return problem_response(exc, request_id)
@@ -105,6 +122,20 @@ async def speech(req: Request) -> Response:
         log.exception("request_id=%s unexpected failure", request_id)
         outcome.record(500, error="internal-error")
         return problem_response(ServiceError("The request failed unexpectedly."), request_id)
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+async def read_question(
+    req: Request, content_type: str | None, settings: Settings, deadline: float
+) -> SpeechRequest:
+    """The request's question. Its body is read within the request's deadline (a slow upload ends in
+    408) and is let go once parsed: only the question's own bytes outlive this call."""
+    audio_max_bytes = settings.audio_input_max_bytes
+    limit = body_limit(content_type, audio_max_bytes)
+    body = await read_body_within(req, limit, deadline, settings.realtime_timeout_seconds)
+    return parse_speech_request(content_type, body, req.query_params, audio_max_bytes=audio_max_bytes)
 
 
 def body_limit(content_type: str | None, audio_max_bytes: int) -> int:
@@ -136,7 +167,7 @@ def request_options(content_type: str | None, query: Mapping[str, str] | None) -
 
 def parse_speech_request(
     content_type: str | None,
-    body: bytes,
+    body: bytes | bytearray,
     query: Mapping[str, str] | None = None,
     *,
     audio_max_bytes: int | None = None,
@@ -150,11 +181,13 @@ def parse_speech_request(
     options = request_options(content_type, query)
     if media_type(content_type) in AUDIO_MEDIA_TYPES:
         return _raw_audio_request(options, body)
-    if len(body) > MAX_BODY_BYTES and SpeechRequest.json_without_audio(body):
-        raise PayloadTooLarge(
-            f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted without audio."
-        )
-    request = _validated(lambda: SpeechRequest.model_validate_json(body))
+    request = _large_spoken_question(body) if len(body) > MAX_BODY_BYTES else None
+    if request is None:
+        if len(body) > MAX_BODY_BYTES and SpeechRequest.json_without_audio(body):
+            raise PayloadTooLarge(
+                f"The body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted without audio."
+            )
+        request = _validated(lambda: SpeechRequest.model_validate_json(body))
     if audio_max_bytes is not None and request.audio is not None and len(request.audio) > audio_max_bytes:
         raise PayloadTooLarge(
             f"The audio is {len(request.audio)} bytes; at most {audio_max_bytes} are accepted."
@@ -162,7 +195,27 @@ def parse_speech_request(
     return request
 
 
-def _raw_audio_request(options: Mapping[str, str], audio: bytes) -> SpeechRequest:
+def _large_spoken_question(body: bytes | bytearray) -> SpeechRequest | None:
+    """A large JSON body's valid spoken question, its `audio` decoded from base64 straight out of the
+    body: the base64 text never becomes a string of its own (which would hold the audio once more
+    while it is decoded). None for anything else (escapes in the value, `audio` named twice or not at
+    the top level, not strict base64, another problem), which the plain parse then reports as usual."""
+    members = list(_AUDIO_MEMBER.finditer(body))
+    if len(members) != 1:
+        return None
+    start = members[0].end()
+    end = body.find(b'"', start)
+    if end == -1 or body.find(b"\\", start, end) != -1:
+        return None
+    try:
+        audio = binascii.a2b_base64(memoryview(body)[start:end], strict_mode=True)
+        rest = SpeechRequest.model_validate_json(body[:start] + body[end:])  # with "audio": ""
+    except (binascii.Error, ValidationError):
+        return None
+    return rest.model_copy(update={"audio": audio})
+
+
+def _raw_audio_request(options: Mapping[str, str], audio: bytes | bytearray) -> SpeechRequest:
     return _validated(lambda: SpeechRequest.model_validate({**options, "audio": audio}, strict=False))
 
 
@@ -252,22 +305,6 @@ def _frame(event: dict[str, Any]) -> bytes:
     """One Server-Sent Event: its type as the event name, the whole event as JSON data."""
     data = json.dumps(event, separators=(",", ":"))
     return f"event: {event['type']}\ndata: {data}\n\n".encode()
-
-
-async def health(req: Request) -> Response:
-    """`GET /api/health[?probe=true]`: are the settings complete (and, probed, storage and identity up)?"""
-    report: dict[str, Any] = {"status": "ok", "settings": settings_status()}
-    try:
-        get_settings()
-    except SettingsError as exc:
-        report.update(status="misconfigured", problems=exc.problems)
-    if report["status"] == "ok" and req.query_params.get("probe", "").lower() in ("1", "true", "yes"):
-        service = await speech_service()
-        report["checks"] = await service.probe()
-        report["backends"] = service.pool.status()
-        if any(check != "ok" for check in report["checks"].values()):
-            report["status"] = "degraded"
-    return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
 
 async def playground(req: Request) -> Response:

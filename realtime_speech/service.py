@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -29,10 +30,12 @@ from azure.core.credentials_async import AsyncTokenCredential
 from . import incidents, telemetry
 from .answer import Answering, AnswerStream, AudioFile, EventChannel, QuestionFile
 from .audio_input import SpokenQuestion, decode_question
+from .checks import DependencyChecks, describe
 from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, PCM_SESSION_FORMAT, OutputFormat
 from .errors import ContextTooLong, DeadlineExceeded, InvalidRequest, PayloadTooLarge, ServiceError
 from .idempotency import Claim, IdempotencyKeys
 from .identity import app_credential, openai_token_expires_on, openai_token_provider
+from .limits import SessionLimit
 from .models import (
     MAX_OUTPUT_TOKENS,
     AnswerReference,
@@ -121,6 +124,8 @@ class SpeechService:
         self.started = int(datetime.now(UTC).timestamp())
         """When the service was made (Unix seconds)."""
         self._keys = IdempotencyKeys(store)
+        self.sessions = SessionLimit(settings.max_concurrent_sessions)
+        self.checks = DependencyChecks({"storage": store.check, "identity": self._check_identity})
         self.spares = SpareSessions(
             self.pool,
             self._open_spare,
@@ -166,13 +171,16 @@ class SpeechService:
         events: bool = False,
         audio_type: str | None = None,
         conversation: Conversation | None = None,
+        deadline: float | None = None,
     ) -> Answering:
-        """Begin answering `request` within the deadline (REALTIME_TIMEOUT_SECONDS). Returns once the
-        model session is open, or with the key's earlier answer. With `events`, the answer's events
-        are kept for `Answering.events()` (bounded: see `EventChannel`). `audio_type` is the media
-        type of a spoken question sent as the raw body (None: told from its bytes). `conversation`
-        adds instructions, earlier turns and the deployment (no idempotency key then)."""
-        deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
+        """Begin answering `request` within the deadline (REALTIME_TIMEOUT_SECONDS from now, or the
+        loop time `deadline` set when the request arrived). Returns once the model session is open, or
+        with the key's earlier answer. With `events`, the answer's events are kept for
+        `Answering.events()` (bounded: see `EventChannel`). `audio_type` is the media type of a spoken
+        question sent as the raw body (None: told from its bytes). `conversation` adds instructions,
+        earlier turns and the deployment (no idempotency key then)."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
         incidents.begin()
         conversation = conversation or Conversation()
         if idempotency_key is None:
@@ -222,6 +230,8 @@ class SpeechService:
         stream = AnswerStream(AudioFile(encoder, writer), channel)
         if question.spoken is not None:
             stream.question = self._question_file(question.spoken, blob_name)
+            # The file as received is let go once staged; the session needs only what it hears.
+            question = dataclasses.replace(question, spoken=None)
         known = encoder.facts().model_dump(include=STARTED_FACTS, exclude_none=True)
         started = {"type": "speech.started", "request_id": request_id, "blob_name": blob_name, **known}
         work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim, deadline)
@@ -258,7 +268,7 @@ class SpeechService:
             async with asyncio.timeout(WARM_UP_SECONDS):
                 await work
         except Exception as exc:
-            log.warning("warm-up incomplete: %s", _describe(exc))
+            log.warning("warm-up incomplete: %s", describe(exc))
 
     async def question(
         self, request: SpeechRequest, audio_type: str | None = None, conversation: Conversation | None = None
@@ -491,13 +501,9 @@ class SpeechService:
             raise DeadlineExceeded(f"No complete answer within {timeout:g} s.") from None
 
     async def probe(self) -> dict[str, str]:
-        """Check identity and storage now; each answer is "ok" or a sentence saying what failed."""
-        checks = {"storage": self.store.ready(), "identity": self._check_identity()}
-        results = await asyncio.gather(*checks.values(), return_exceptions=True)
-        return {
-            name: "ok" if not isinstance(result, BaseException) else _describe(result)
-            for name, result in zip(checks, results, strict=True)
-        }
+        """Storage and identity checked for real (results kept a few seconds: see `checks`); each
+        answer is "ok" or a sentence saying what failed."""
+        return await self.checks.results()
 
     async def _check_identity(self) -> None:
         if self.settings.azure_openai_api_key is None:
@@ -587,7 +593,3 @@ async def _spoken_on(
 def record_name(audio_name: str) -> str:
     """The JSON record beside an audio file."""
     return str(PurePosixPath(audio_name).with_suffix(".json"))
-
-
-def _describe(error: BaseException) -> str:
-    return str(error) if isinstance(error, ServiceError) else f"failed ({type(error).__name__})"

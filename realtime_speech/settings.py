@@ -24,6 +24,10 @@ from .models import Voice
 
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant. You respond by voice and text."
 MIB = 1024 * 1024
+# Sized for the smallest Flex Consumption instance (512 MB): about 125 MiB for the process and 40 to
+# 55 MiB at the peak of each answer to a 25 MiB spoken question (benchmarks/spoken_parallel.py). The
+# Bicep sets it from the instance memory.
+DEFAULT_MAX_CONCURRENT_SESSIONS = 4
 # MPEG-2 Layer III bitrates (24 kHz is an MPEG-2 sample rate).
 MP3_BITRATES_KBPS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
 
@@ -70,6 +74,7 @@ class Settings(BaseSettings):
     audio_url_ttl_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
     audio_block_size_bytes: int = Field(1 * MIB, ge=64 * 1024, le=100 * MIB)
     # the answer
+    max_concurrent_sessions: int = Field(DEFAULT_MAX_CONCURRENT_SESSIONS, ge=1, le=1000)
     realtime_timeout_seconds: float = Field(120.0, gt=0, le=600)
     realtime_instructions: str = Field(DEFAULT_INSTRUCTIONS, min_length=1)
     realtime_voice: Voice = "alloy"

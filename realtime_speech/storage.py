@@ -49,12 +49,20 @@ KEY_WINDOW = timedelta(hours=1)
 # 256 KiB read buffer and the TLS state); aiohttp's default of 100 let bursts keep 60 or more alive.
 # A request holds a connection only while one storage call is under way, two at most at a time.
 MAX_STORAGE_CONNECTIONS = 32
+CONNECT_TIMEOUT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 30.0  # a whole block's upload included
 # A stored file is read in GETs of at most this much (the SDK's defaults, 32 MiB for the first GET and
 # 4 MiB after it, would hold a whole 10-minute WAV in memory at once).
 READ_PIECE_BYTES = 1024 * 1024
 
 
-def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> BlobServiceClient:
+def blob_service_client(
+    account_url: str,
+    credential: AsyncTokenCredential,
+    *,
+    connection_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    read_timeout: float = READ_TIMEOUT_SECONDS,
+) -> BlobServiceClient:
     """The process-wide client, failing fast when storage is down.
 
     The SDK's default retry waits about 15, 18 and 24 s between attempts, so an outage would use up
@@ -70,13 +78,19 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
     )
+    # The timeouts belong to the transport: the client's own timeout arguments do not reach a transport
+    # that is passed in (it would keep azure-core's 300 s).
+    transport = AioHttpTransport(
+        session=session,
+        session_owner=True,
+        connection_timeout=connection_timeout,
+        read_timeout=read_timeout,
+    )
     return BlobServiceClient(
         account_url,
         credential=credential,
-        transport=AioHttpTransport(session=session, session_owner=True),
+        transport=transport,
         retry_policy=fast_failing_retry(),
-        connection_timeout=5,
-        read_timeout=30,
         max_single_get_size=READ_PIECE_BYTES,
         max_chunk_get_size=READ_PIECE_BYTES,
     )
@@ -220,6 +234,13 @@ class AudioStore:
         must not cancel the preparation every other request is waiting for."""
         await asyncio.shield(self.prepare())
 
+    async def check(self) -> None:
+        """Whether storage answers now: one cheap authenticated call (the container's properties),
+        not retried, after the one-time preparation."""
+        await self.ready()
+        async with storage_errors("read the audio container's properties"):
+            await self._container.get_container_properties(retry_total=0)
+
     async def _prepare(self) -> None:
         async with storage_errors("create the audio container"):
             with suppress(ResourceExistsError):
@@ -337,9 +358,15 @@ class BlockBlobWriter:
         self._finished: asyncio.Task[Any] | None = None
 
     async def write(self, chunk: bytes) -> None:
-        """Append the next bytes of the body."""
+        """Append the next bytes of the body. A chunk larger than a block (a spoken question as
+        received) is taken a block at a time: one huge stage would be copied whole into the
+        connection's send buffers."""
         if self._header is not None:
             raise RuntimeError("body written after its end")
+        if len(chunk) > self._block_size:
+            for start in range(0, len(chunk), self._block_size):
+                await self.write(chunk[start : start + self._block_size])
+            return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered >= self._block_size:
@@ -403,8 +430,9 @@ class BlockBlobWriter:
             self._in_flight.discard(task)
 
     def _take_buffered(self, head: bytes = b"") -> bytes:
-        """`head` and the buffered body as one bytes object; the chunks are let go."""
-        data = b"".join([head, *self._chunks])
+        """`head` and the buffered body as one bytes object (a single chunk as it is, not copied); the
+        chunks are let go."""
+        data = b"".join([head, *self._chunks] if head else self._chunks)
         self._chunks.clear()
         self._buffered = 0
         return data

@@ -28,6 +28,9 @@ from devtools.stack import Stack, is_ambient_setting, start_stack
 
 from .speech_client import SpeechClient
 
+# Tests send up to 20 questions at once to one host; the limit itself is tested in test_limits.py.
+TEST_HOST_SETTINGS = {"MAX_CONCURRENT_SESSIONS": "100"}
+
 ClientEnv = Callable[..., AbstractContextManager[dict[str, str]]]
 SpeechHost = Callable[..., AbstractAsyncContextManager[SpeechClient]]
 
@@ -103,7 +106,7 @@ async def _speech_client(
 ) -> AsyncIterator[SpeechClient]:
     """A running function host (dev host, own process) with the stack's settings plus `overrides`,
     serving `app` (`module[:attribute]`, default `function_app`)."""
-    host = stack.start_host(overrides, app=app)
+    host = stack.start_host({**TEST_HOST_SETTINGS, **overrides}, app=app)
     client = SpeechClient(
         host_url=host.url,
         emulator_url=stack.openai_endpoint,

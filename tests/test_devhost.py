@@ -213,6 +213,30 @@ async def test_request_body_over_the_limit_is_413(body: bytes | AsyncIterator[by
         assert response.text == "Request Entity Too Large"
 
 
+@pytest.mark.parametrize(
+    ("keys", "path", "headers", "status"),
+    [
+        (devhost.HostKeys(), "/api/echo/open", {}, 200),  # no keys configured: open, as Core Tools
+        (devhost.HostKeys(frozenset({"fk"})), "/api/echo/nokey", {}, 401),
+        (devhost.HostKeys(frozenset({"fk"})), "/api/echo/wrong?code=nope", {}, 401),
+        (devhost.HostKeys(frozenset({"fk"})), "/api/echo/query?code=fk", {}, 200),
+        (devhost.HostKeys(frozenset({"fk"})), "/api/echo/header", {"x-functions-key": "fk"}, 200),
+        (devhost.HostKeys(frozenset({"fk"}), "mk"), "/api/echo/master", {"x-functions-key": "mk"}, 200),
+    ],
+)
+async def test_function_keys_are_enforced_once_configured(
+    keys: devhost.HostKeys, path: str, headers: dict[str, str], status: int
+) -> None:
+    app = devhost.asgi_app(sample.app, "api", keys=keys)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://host") as client:
+        response = await client.post(path, content=b"{}", headers=headers)
+        anonymous = await client.get("/api/hello")
+    assert response.status_code == status
+    if status == 401:
+        assert response.content == b""  # refused by the host, before the function
+    assert anonymous.status_code == 200  # an ANONYMOUS route needs no key either way
+
+
 # --- the dev host as a subprocess ---------------------------------------------------------------
 
 
@@ -530,6 +554,7 @@ async def test_run_serves_writes_settings_and_stops_everything_on_sigint(tmp_pat
     assert f"curl -s {host_url}/api/speech -H 'Content-Type: application/json' -d '{{\"text\"" in printed
     assert f"curl -N {host_url}/api/speech -H 'Accept: text/event-stream'" in printed
     assert f"{host_url}/api/playground" in printed
+    assert f"curl -s {host_url}/api/status" in printed
     assert "wrote local.settings.json" in printed
 
     values = settings["Values"]

@@ -607,6 +607,20 @@ MUTATIONS = {
         "telemetry",
         "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: must be 'realtime_speech'",
     ),
+    "sessions not from the memory": Mutation(
+        MAIN,
+        "MAX_CONCURRENT_SESSIONS: string(maxConcurrentSessions)",
+        "MAX_CONCURRENT_SESSIONS: '16'",
+        "scale",
+        "MAX_CONCURRENT_SESSIONS must be string(maxConcurrentSessions)",
+    ),
+    "more sessions than the memory holds": Mutation(
+        MAIN,
+        "instanceMemoryMB / 128",
+        "instanceMemoryMB / 64",
+        "scale",
+        "maxConcurrentSessions must be instanceMemoryMB / 128",
+    ),
     "exporter without Entra auth": Mutation(
         FUNCTION_APP,
         "'ClientId=${identityClientId};Authorization=AAD'",

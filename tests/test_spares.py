@@ -243,7 +243,7 @@ async def test_no_spare_is_opened_to_a_backend_cooling_after_a_429(
 
 
 async def backend_status(client: SpeechClient) -> dict[str, dict[str, Any]]:
-    async with client.http.get(f"{client.host_url}/api/health", params={"probe": "true"}) as response:
+    async with client.http.get(f"{client.host_url}/api/status") as response:
         return {entry["name"]: entry for entry in (await response.json())["backends"]}
 
 

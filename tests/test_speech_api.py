@@ -224,8 +224,8 @@ async def test_bad_input_gets_its_4xx_and_writes_nothing(
     assert len(await speech.emulator_sessions()) == sessions_before
 
 
-async def test_health_reports_settings_without_secrets(api_key_speech: SpeechClient) -> None:
-    url = f"{api_key_speech.host_url}/api/health?probe=true"
+async def test_status_reports_settings_without_secrets(api_key_speech: SpeechClient) -> None:
+    url = f"{api_key_speech.host_url}/api/status"
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         report = await response.json()
         assert response.status == 200, report

@@ -110,8 +110,8 @@ async def answered(client: SpeechClient, body: dict[str, str]) -> dict[str, Any]
 
 
 async def backends_health(client: SpeechClient) -> dict[str, dict[str, Any]]:
-    """`GET /api/health?probe=true`'s backends by name; none shows an URL, a key or a token."""
-    async with client.http.get(f"{client.host_url}/api/health", params={"probe": "true"}) as response:
+    """`GET /api/status`'s backends by name; none shows an URL, a key or a token."""
+    async with client.http.get(f"{client.host_url}/api/status") as response:
         text = await response.text()
     assert "://" not in text and not re.search(r"eyJ[\w-]{6,}\.", text), text
     return {entry["name"]: entry for entry in json.loads(text)["backends"]}

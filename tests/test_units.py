@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import wave
@@ -16,7 +17,7 @@ from realtime_speech.errors import (
     UpstreamRateLimited,
 )
 from realtime_speech.http import parse_speech_request, problem_response
-from realtime_speech.models import MAX_BODY_BYTES, MAX_TEXT_CHARS, VOICES
+from realtime_speech.models import MAX_BODY_BYTES, MAX_TEXT_CHARS, VOICES, SpeechRequest
 from realtime_speech.realtime import VoiceRequest, session_config
 from realtime_speech.settings import Settings, SettingsError, get_settings, setting_names
 from realtime_speech.wav import WAV_HEADER_BYTES, PcmFormat, wav_header
@@ -82,6 +83,24 @@ def test_media_type_and_size_are_checked_before_the_body() -> None:
         parse_speech_request(*_request('{"text": "hi"}', None))
     with pytest.raises(PayloadTooLarge):
         parse_speech_request(*_request(b"{" + b" " * MAX_BODY_BYTES + b"}"))
+
+
+LARGE_AUDIO = bytes(range(256)) * (MAX_BODY_BYTES // 128)  # base64 of it is over the JSON limit
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"audio": base64.b64encode(LARGE_AUDIO).decode(), "voice": "marin"}),
+        json.dumps({"format": "mp3", "audio": base64.b64encode(LARGE_AUDIO).decode()}, indent=2),
+        # escaped slashes (PHP's json_encode writes them) take the plain parse
+        json.dumps({"audio": base64.b64encode(LARGE_AUDIO).decode()}).replace("/", "\\/"),
+    ],
+)
+def test_a_large_spoken_question_parses_as_the_plain_parse_would(body: str) -> None:
+    parsed = parse_speech_request(*_request(body))
+    assert parsed == SpeechRequest.model_validate_json(body)
+    assert parsed.audio == LARGE_AUDIO
 
 
 def test_problem_responses_follow_rfc_9457_with_retry_after() -> None:
