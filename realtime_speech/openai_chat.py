@@ -654,8 +654,9 @@ def _error_type(status: int) -> str:
 
 
 def should_retry(error: ServiceError) -> bool:
-    """Whether a retry can help: rate limits, unavailable or failed upstreams, deadlines; never bad
-    input, auth or configuration (each retry would open a paid session for the same failure)."""
-    if error.status == 429:
+    """Whether a retry can help: a slow upload, rate limits and a full instance, unavailable or failed
+    upstreams, deadlines; never bad input, auth or configuration (each retry would open a paid session
+    for the same failure)."""
+    if error.status in (408, 429):
         return True
     return error.status >= 500 and error.code not in _NOT_RETRIED

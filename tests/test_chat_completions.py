@@ -43,6 +43,7 @@ from realtime_speech.storage import MIN_BLOCK_BYTES, AudioStore
 from .audio_corpus import encode, speech_like
 from .conftest import SpeechHost
 from .speech_client import SpeechClient
+from .test_limits import sessions_in_flight, until_no_session
 from .test_speech_api import parse_wav, unique_text
 from .test_speech_formats import best_correlation
 
@@ -725,3 +726,32 @@ async def test_a_silent_stream_gets_keep_alives_then_the_deadline_as_an_error_ev
     error = json.loads(lines[-1].removeprefix("data: "))["error"]
     assert error["code"] == "deadline_exceeded" and error["type"] == "server_error"
     await short_deadline.assert_sessions_closed()
+
+
+async def test_past_max_concurrent_sessions_a_chat_request_gets_429_and_a_stream_frees_its_slot(
+    speech_host: SpeechHost,
+) -> None:
+    async with (
+        speech_host(MAX_CONCURRENT_SESSIONS="1") as host,
+        AsyncOpenAI(base_url=f"{host.host_url}/api/v1", api_key="unused", max_retries=0) as client,
+    ):
+        held = await client.chat.completions.create(
+            **ask(
+                f"[[emulator:stall]] {unique_text()}",
+                audio={"voice": "alloy", "format": "pcm16"},
+                stream=True,
+            )
+        )
+        first = await anext(aiter(held))
+        with pytest.raises(RateLimitError) as refused:
+            await client.chat.completions.create(**ask(unique_text()))
+        sessions = await sessions_in_flight(host)
+        await held.close()
+        await until_no_session(host)
+        after = await client.chat.completions.create(**ask(unique_text("The slot is free again:")))
+    assert first.choices[0].delta.role == "assistant"
+    assert refused.value.body["code"] == "too_many_sessions"
+    headers = refused.value.response.headers
+    assert headers["x-should-retry"] == "true" and headers["retry-after-ms"] == "1000"
+    assert sessions == {"active": 1, "limit": 1}
+    assert after.choices[0].finish_reason == "stop"
