@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
@@ -574,7 +574,9 @@ class ChunkStream:
     with `audio.id`; transcript and data pieces; one `{expires_at, url}` chunk; the finish chunk; the
     usage chunk when asked; `[DONE]`). A failure is a `data: {"error": ...}` event that ends it."""
 
-    def __init__(self, chat: ChatRequest, completion: str, created: int, audio_id_of: Any) -> None:
+    def __init__(
+        self, chat: ChatRequest, completion: str, created: int, audio_id_of: Callable[[str], str]
+    ) -> None:
         self._chat = chat
         self._head = {
             "id": completion,
