@@ -53,6 +53,7 @@ def test_results_are_merged_from_their_parts(results: records.Results) -> None:
         machine=results.machine,
         plan=results.plan,
         runtime_seconds=results.runtime_seconds,
+        machine_load=results.machine_load,
     )
     assert rebuilt == results
 
