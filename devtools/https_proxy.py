@@ -108,10 +108,11 @@ class HttpsProxy:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for connection in list(self._connections):
             connection.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:  # since Python 3.12 this waits for every connection to close
+            await self._server.wait_closed()
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -71,10 +71,11 @@ class TcpProxy:
         """Stop listening and drop every open relay."""
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for relay in list(self._relays):
             relay.cancel()
         await asyncio.gather(*self._relays, return_exceptions=True)
+        if self._server is not None:  # since Python 3.12 this waits for every connection to close
+            await self._server.wait_closed()
 
     async def __aenter__(self) -> Self:
         return await self.start()
