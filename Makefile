@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo run test lint bench infra-check clean
+.PHONY: setup demo run prerequisites test lint bench infra-check clean
 
 IAC_VENV := .devstate/iac-venv
 
@@ -34,14 +34,22 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint $(IAC_VENV)/.installed
-	$(PY) -m pytest
+# What only the system provides (browser, driver, espeak-ng...): installed with apt-get where that needs
+# no one's answer (root, as CI runs), otherwise one message naming each and its install command.
+prerequisites:
+	$(PYTHON) -m devtools.prerequisites
+
+# `prerequisites` comes first: a missing tool stops the run before anything is installed or run.
+test: prerequisites lint $(IAC_VENV)/.installed
+	$(PY) -m pytest $(ARGS)
 
 infra-check: $(IAC_VENV)/.installed
 	$(PY) -m devtools.check_infra
 
 bench: setup
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.spoken_parallel
+	$(PY) -m benchmarks.spares
 
 clean:
 	rm -rf $(VENV) node_modules .devstate out .pytest_cache .ruff_cache .hypothesis

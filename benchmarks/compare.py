@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from devtools.stack import Stack, start_stack
 
-from .markdown import table
+from .markdown import load_sentence, table
 from .records import MIB, ConcurrencyRun, LatencyRun, MemoryRun
 from .registry import LATENCY, MEMORY
 from .run import Workers, concurrency_run, export_app
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"round {number}: {version.name}", flush=True)
                 rounds[version.name].append(measure_round(workers[version.name], stack, version, args))
     print(comparison_table(rounds, args.sessions))
+    loads = [each.machine_load.values() for each in workers.values()]
+    readings = [value for per_benchmark in loads for values in per_benchmark for value in values]
+    print(f"\n{load_sentence(readings, os.cpu_count() or 1)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What the numbers were measured on: machine, versions, the app's commit; and import-time profiles."""
+"""What the numbers were measured on: machine, versions, the app's commit, how busy the machine was;
+and import-time profiles."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import psutil
 from devtools.stack import REPO_ROOT
 
 from .records import ImportTime, Machine
+
+LOAD_READ_SECONDS = 10.0  # how often the load average is read while a worker runs
 
 PACKAGES = (
     "openai",
@@ -43,6 +46,11 @@ def describe(app: str) -> Machine:
         packages={name: version(name) for name in PACKAGES},
         app=app,
     )
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average: processes running or waiting for a CPU, averaged."""
+    return round(os.getloadavg()[0], 2)
 
 
 def import_profile(importtime_stderr: str, top: int = 10) -> list[ImportTime]:

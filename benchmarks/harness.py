@@ -271,6 +271,58 @@ class HostedFunction:
         await self._http.close()
 
 
+class HostedChat:
+    """`POST /api/v1/chat/completions` through a dev host over a socket: a non-streamed `wav` answer
+    read and counted (not kept), or `stream: true` chunks read as they arrive, noting when the first
+    `data` piece came. `history` earlier messages go before the question."""
+
+    def __init__(self, url: str) -> None:
+        self._url = f"{url}/api/v1/chat/completions"
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900))
+        self._model = get_settings().azure_openai_deployment_name
+
+    def _body(self, text: str, fmt: str, history: int, stream: bool) -> dict[str, Any]:
+        earlier = [
+            {"role": "user" if turn % 2 == 0 else "assistant", "content": f"{SPOKEN_TEXT} (turn {turn})"}
+            for turn in range(history)
+        ]
+        return {
+            "model": self._model,
+            "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": fmt},
+            "messages": [*earlier, {"role": "user", "content": text}],
+            "stream": stream,
+        }
+
+    async def call(self, text: str) -> Outcome:
+        """The whole `chat.completion`; the body holds how many bytes it had."""
+        started = time.perf_counter()
+        size = 0
+        async with self._http.post(self._url, json=self._body(text, "wav", 0, False)) as response:
+            async for piece in response.content.iter_any():
+                size += len(piece)
+        return Outcome(response.status, time.perf_counter() - started, {"body_bytes": size})
+
+    async def stream(self, text: str, history: int = 0) -> Outcome:
+        """The chunks up to `[DONE]` (status 200) or an error event (status 0)."""
+        started = time.perf_counter()
+        first_audio: float | None = None
+        async with self._http.post(self._url, json=self._body(text, "pcm16", history, True)) as response:
+            if response.status != 200:
+                return Outcome(response.status, time.perf_counter() - started, await response.json())
+            async for line in response.content:
+                if first_audio is None and b'"data":"' in line:
+                    first_audio = time.perf_counter() - started
+                elif line.startswith(b"data: [DONE]"):
+                    return Outcome(200, time.perf_counter() - started, {}, first_audio)
+                elif line.startswith(b'data: {"error"'):
+                    break
+        return Outcome(0, time.perf_counter() - started, {"type": "error"}, first_audio)
+
+    async def close(self) -> None:
+        await self._http.close()
+
+
 class Sampler:
     """Runs `_watch()` in the background for the duration of an `async with` block."""
 

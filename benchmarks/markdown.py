@@ -16,6 +16,7 @@ from .plots import FIRST_AUDIO_PLOT, LATENCY_PLOT, MEMORY_PLOT, STALLED_PLOT
 from .records import (
     MIB,
     AudioDecodingRun,
+    ChatCompletionsRun,
     ColdStartRun,
     ConcurrencyRun,
     DecodingCost,
@@ -31,8 +32,9 @@ from .records import (
     StreamMemoryRun,
     TelemetryRun,
 )
-from .stats import Spread
+from .stats import Spread, median
 from .summaries import (
+    CHAT_LONG_ANSWER_SLACK,
     CPU_SHARE_TARGET,
     FIRST_AUDIO_SLACK_MS,
     FIRST_AUDIO_SOONER,
@@ -47,6 +49,7 @@ from .summaries import (
     QuestionLatency,
     RssCase,
     StorageFloor,
+    chat_summary,
     cold_start_summary,
     concurrency_summary,
     cpu_share,
@@ -76,25 +79,42 @@ Column = tuple[str, Callable[[T], str]]
 
 
 def render(results: Results) -> str:
+    cpus = results.machine.cpus or 1
+
+    def with_load(section: str, *benchmarks: str) -> str:
+        readings = [value for name in benchmarks for value in results.machine_load.get(name, [])]
+        return f"{section}\n\n{load_sentence(readings, cpus)}"
+
     sections = [
         _machine(results),
         _targets(results),
-        _latency(results.latency),
-        _memory(results.memory),
-        _concurrency(results.concurrency, results.storage_burst),
-        _cold_start(results.cold_start, results.import_profile),
+        with_load(_latency(results.latency), "latency"),
+        with_load(_memory(results.memory), "memory"),
+        with_load(_concurrency(results.concurrency, results.storage_burst), "concurrency", "storage_burst"),
+        with_load(_cold_start(results.cold_start, results.import_profile), "cold_start"),
     ]
-    cpus = results.machine.cpus or 1
     optional = [
-        (results.first_audio, _first_audio),
-        (results.stream_memory, _stream_memory),
-        (results.mp3_encoding, _encoding),
-        (results.audio_decoding, _decoding),
-        (results.backend_pool, lambda runs: _pool(runs, cpus)),
-        (results.telemetry, _telemetry),
+        (results.first_audio, _first_audio, "first_audio"),
+        (results.stream_memory, _stream_memory, "stream_memory"),
+        (results.mp3_encoding, _encoding, "mp3_encoding"),
+        (results.audio_decoding, _decoding, "audio_decoding"),
+        (results.backend_pool, lambda runs: _pool(runs, cpus), "backend_pool"),
+        (results.telemetry, _telemetry, "telemetry"),
+        (results.chat_completions, _chat_completions, "chat_completions"),
     ]
-    sections += [render_section(runs) for runs, render_section in optional if runs]
+    sections += [with_load(render_section(runs), name) for runs, render_section, name in optional if runs]
     return "\n\n".join(sections)
+
+
+def load_sentence(readings: Sequence[float], cpus: int) -> str:
+    """How busy the machine was while a benchmark ran, from its load-average readings."""
+    if not readings:
+        return "Machine load while it ran: not in results.json (a run from before the runner read it)."
+    low, middle, high = min(readings), median(readings), max(readings)
+    return (
+        f"Machine load while it ran: 1-minute load average {low:.1f} to {high:.1f}, median {middle:.1f}"
+        f" ({len(readings)} readings), on {cpus} CPUs."
+    )
 
 
 def splice(document: str, generated: str) -> str:
@@ -231,6 +251,17 @@ def _new_targets(results: Results) -> list[list[str]]:
                 cpu_share(worst.cpu_seconds, worst.input_seconds) * 100,
                 CPU_SHARE_TARGET * 100,
                 "%",
+            )
+        )
+    if results.chat_completions:
+        chat = chat_summary(results.chat_completions[-1])
+        rows.append(
+            _target_row(
+                f"Chat completions: RSS growth of a {audio(chat.long_seconds)} non-streamed `wav` answer"
+                f" minus a {audio(chat.short_seconds)} one's: <= 24 MiB",
+                chat.long_over_short / MIB,
+                CHAT_LONG_ANSWER_SLACK / MIB,
+                "MiB",
             )
         )
     if results.backend_pool:
@@ -568,3 +599,39 @@ def _telemetry(runs: Sequence[TelemetryRun]) -> str:
         f" telemetry: telemetry adds {ms(effect.added)} ({effect.items} items ingested)."
     )
     return f"{runs_table}\n\n{verdict}"
+
+
+CHAT_KIND_NAMES = {
+    "chat": "`stream: true` chat completion (first `data` piece)",
+    "chat_history": "the same with {turns} earlier messages",
+    "sse": "`/api/speech` Server-Sent Events (first `speech.audio.delta`)",
+    "bare": "bare openai-SDK loop (first delta)",
+}
+
+
+def _chat_completions(runs: Sequence[ChatCompletionsRun]) -> str:
+    run = runs[-1]
+    chat = chat_summary(run)
+    rows = [
+        [
+            CHAT_KIND_NAMES[kind].format(turns=chat.history_turns),
+            ms(chat.first[kind].median),
+            ms(chat.first[kind].p95),
+            ms(chat.minus_bare(kind)),
+        ]
+        for kind in ("chat", "sse", "bare", "chat_history")
+    ]
+    title = (
+        f"## 11. Chat completions: time to first audio ({audio(run.seconds)} answers paced at real time,"
+        f" one call of each kind in turn, {chat.rounds} rounds, dev host over a socket)"
+    )
+    first = table(["Caller", "First audio p50", "p95", "Minus bare (p50)"], rows, title)
+    memory = _columns_table(RSS_COLUMNS, [chat.short, chat.long])
+    chat_minus_sse = chat.first["chat"].median - chat.first["sse"].median
+    verdict = (
+        f"`stream: true` minus `/api/speech` SSE, p50: {ms(chat_minus_sse)};"
+        f" {chat.history_turns} earlier messages cost {ms(chat.history_cost)} of first audio (p50)."
+        f" A {audio(run.long_seconds)} non-streamed `wav` answer grows the host's RSS"
+        f" {mib(chat.long_over_short)} more than a {audio(run.short_seconds)} one. Failures: {chat.failures}."
+    )
+    return f"{first}\n\n{memory}\n\n{verdict}"

@@ -22,6 +22,7 @@ from realtime_speech.settings import get_settings
 from .harness import (
     BareRealtime,
     BlobProbe,
+    HostedChat,
     HostedFunction,
     LoopLag,
     Outcome,
@@ -38,6 +39,9 @@ from .harness import (
 )
 from .records import (
     AudioDecoding,
+    ChatCompletions,
+    ChatKind,
+    ChatSample,
     ClientKind,
     ColdStart,
     Concurrency,
@@ -62,6 +66,7 @@ from .records import (
 WARMUP_SECONDS = 10.0
 BYTES_PER_AUDIO_SECOND = 48_000
 FIRST_AUDIO_KINDS: tuple[ClientKind, ...] = ("sse", "function", "bare")
+CHAT_KINDS: tuple[ChatKind, ...] = ("chat", "sse", "bare", "chat_history")
 CPU_REPEATS = 3
 SETTLE_SECONDS = 1.0
 """Pause after a burst, so the host has finished with it before its RSS is read again."""
@@ -282,6 +287,66 @@ async def stream_memory(
         json_before_rss=json_before,
         json_peak_rss=json_watch.peak,
         json_ok=sum(outcome.status == 200 for outcome in answers),
+    )
+
+
+async def chat_completions(
+    host_url: str,
+    host_pid: int,
+    seconds: float,
+    pace: float,
+    rounds: int,
+    history_turns: int,
+    short_seconds: float,
+    long_seconds: float,
+) -> ChatCompletions:
+    """First audio of `stream: true` chat completions, `/api/speech`'s events and the bare SDK loop,
+    and of chat completions with `history_turns` earlier messages, one call of each kind in turn
+    (the order turns each round); then the host's RSS while it answers a short, then a long
+    non-streamed `wav` (whose `data` it reads from storage piece by piece)."""
+    chat, speech, bare = HostedChat(host_url), HostedFunction(host_url), await BareRealtime.create()
+    callers: dict[ChatKind, Callable[[str], Awaitable[Outcome]]] = {
+        "chat": chat.stream,
+        "chat_history": lambda text: chat.stream(text, history_turns),
+        "sse": speech.stream,
+        "bare": bare.call,
+    }
+    rss = RssWatch(host_pid).rss
+    samples = []
+    try:
+        for call in (*callers.values(), chat.call):  # warm: imports, clients, connections
+            await _expect_ok(call(speech_text(WARMUP_SECONDS)))
+        text = speech_text(seconds, pace)
+        for number in range(rounds):
+            for kind in _turned(CHAT_KINDS, number):
+                outcome = await _attempt(callers[kind], text)
+                first = outcome.first_audio
+                samples.append(
+                    ChatSample(
+                        kind=kind,
+                        round=number,
+                        first_audio_ms=None if first is None else first * 1000,
+                        ok=outcome.status == 200,
+                    )
+                )
+        measured = {}
+        for name, length in (("short", short_seconds), ("long", long_seconds)):
+            await asyncio.sleep(SETTLE_SECONDS)
+            before = rss()
+            async with RssWatch(host_pid) as watch:
+                answer = await _expect_ok(chat.call(speech_text(length)))
+            measured |= {f"{name}_before_rss": before, f"{name}_peak_rss": watch.peak}
+    finally:
+        await asyncio.gather(chat.close(), speech.close(), bare.close())
+    return ChatCompletions(
+        seconds=seconds,
+        pace=pace,
+        history_turns=history_turns,
+        samples=samples,
+        short_seconds=short_seconds,
+        long_seconds=long_seconds,
+        long_body_bytes=answer.body["body_bytes"],
+        **measured,
     )
 
 

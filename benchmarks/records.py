@@ -72,6 +72,11 @@ class Plan:
     pool_rounds: int = 1
     telemetry_pairs: int = 20
     telemetry_rounds: int = 2
+    chat_rounds: int = 10
+    """Rounds of the chat benchmark's first-audio comparison; a round asks each kind once, in turn."""
+    chat_history_turns: int = 10
+    chat_short_seconds: float = 10.0
+    chat_long_seconds: float = 600.0
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
@@ -309,6 +314,50 @@ class StreamMemoryRun(StreamMemory, Process):
     """A stream memory run and the worker process (the callers) it ran in."""
 
 
+# --- chat completions -------------------------------------------------------------------------------
+
+ChatKind = Literal["chat", "chat_history", "sse", "bare"]
+"""Who answered: `stream: true` chat completions (without, or with the history turns), `/api/speech`'s
+Server-Sent Events, or the bare openai-SDK loop."""
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class ChatSample:
+    """One call: when its first audio reached the caller (ms since it began; None when it failed)."""
+
+    kind: ChatKind
+    round: int
+    first_audio_ms: float | None
+    ok: bool
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class ChatCompletions:
+    """The OpenAI-compatible surface through a dev host over a socket: first audio of `stream: true`
+    against `/api/speech`'s events and the bare loop, and with `history_turns` earlier messages
+    (answers of `seconds` paced at `pace`); then the host's RSS (sampled) while it answers one
+    non-streamed `wav` of `short_seconds`, then one of `long_seconds` (full speed), each against the
+    RSS just before."""
+
+    seconds: float
+    pace: float
+    history_turns: int
+    samples: list[ChatSample]
+    short_seconds: float
+    short_before_rss: int
+    short_peak_rss: int
+    long_seconds: float
+    long_before_rss: int
+    long_peak_rss: int
+    long_body_bytes: int
+    """Bytes of the long answer's response body (its audio in base64 with the JSON around it)."""
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class ChatCompletionsRun(ChatCompletions, Process):
+    """A chat completions run and the worker process (the callers) it ran in."""
+
+
 # --- output encoding --------------------------------------------------------------------------------
 
 
@@ -455,13 +504,17 @@ class Runs:
     audio_decoding: list[AudioDecodingRun] = field(default_factory=list)
     backend_pool: list[PoolThroughputRun] = field(default_factory=list)
     telemetry: list[TelemetryRun] = field(default_factory=list)
+    chat_completions: list[ChatCompletionsRun] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
 class Results(Runs, RunSetup):
-    """results.json."""
+    """results.json. `machine_load`: by benchmark name, the machine's 1-minute load average read when
+    each of its worker runs started and ended and every `LOAD_READ_SECONDS` between (empty in a file
+    from before it was recorded)."""
 
     runtime_seconds: float
+    machine_load: dict[str, list[float]] = field(default_factory=dict)
 
 
 def merge(cls: type[T], *parts: object, **values: object) -> T:

@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 
 from .records import (
     AudioDecodingRun,
+    ChatCompletionsRun,
     ColdStartRun,
     ConcurrencyRun,
     FirstAudioRun,
@@ -58,6 +59,7 @@ AUDIO_DECODING = Benchmark("audio_decoding", AudioDecodingRun)
 BACKEND_POOL = Benchmark("backend_pool", PoolThroughputRun)
 TELEMETRY = Benchmark("telemetry", TelemetryRun, procedure="latency")
 """The latency procedure, run with and without telemetry settings."""
+CHAT_COMPLETIONS = Benchmark("chat_completions", ChatCompletionsRun)
 
 BENCHMARKS: dict[str, Benchmark[Process]] = {
     benchmark.name: benchmark
@@ -73,5 +75,6 @@ BENCHMARKS: dict[str, Benchmark[Process]] = {
         AUDIO_DECODING,
         BACKEND_POOL,
         TELEMETRY,
+        CHAT_COMPLETIONS,
     )
 }

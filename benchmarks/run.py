@@ -23,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar, cast
@@ -35,6 +36,7 @@ from .records import MIB, ConcurrencyRun, Plan, PoolThroughputRun, Process, Resu
 from .registry import (
     AUDIO_DECODING,
     BACKEND_POOL,
+    CHAT_COMPLETIONS,
     COLD_START,
     CONCURRENCY,
     FIRST_AUDIO,
@@ -53,6 +55,9 @@ SETTLE_SECONDS = 2.0
 metadata) from the previous step is not counted."""
 APP_PATHS = ("function_app.py", "realtime_speech")
 HOSTED_APP = "benchmarks.hosted_app"
+# The benchmarks measure the service at up to 200 sessions in one process, not MAX_CONCURRENT_SESSIONS
+# (its own benchmark is `benchmarks.spoken_parallel`): the highest limit.
+UNLIMITED_SESSIONS = {"MAX_CONCURRENT_SESSIONS": "1000"}
 APP_ROOT_SETTING = "BENCH_APP_ROOT"
 """Where `benchmarks.hosted_app` imports the app from (a module the runner must not import itself)."""
 
@@ -81,6 +86,8 @@ QUICK = Plan(
     pool_window_seconds=5.0,
     telemetry_pairs=4,
     telemetry_rounds=1,
+    chat_rounds=2,
+    chat_long_seconds=60.0,
 )
 
 R = TypeVar("R", bound=Process)
@@ -96,13 +103,15 @@ class Workers:
         self._app_root = app_root
         self._work_dir = work_dir
         self._count = 0
+        self.machine_load: defaultdict[str, list[float]] = defaultdict(list)
+        """By benchmark name: the load average while its workers ran (`Results.machine_load`)."""
         work_dir.mkdir(parents=True, exist_ok=True)
 
     def env(self, settings: Mapping[str, str] = {}) -> dict[str, str]:
         """The function host's environment plus `settings`; the app comes from the app root,
         `benchmarks` from this checkout."""
         path = os.pathsep.join(dict.fromkeys([str(self._app_root), str(REPO_ROOT)]))
-        return {**self._stack.host_env(settings), "PYTHONPATH": path}
+        return {**self._stack.host_env({**UNLIMITED_SESSIONS, **settings}), "PYTHONPATH": path}
 
     def run(
         self,
@@ -120,27 +129,41 @@ class Workers:
         before = {name: count() for name, count in counters.items()}
         spawned = time.time()
         with log_path.open("wb") as log_file:
-            completed = subprocess.run(
-                argv,
-                cwd=self._app_root,
-                env=self.env(settings),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                timeout=WORKER_TIMEOUT_SECONDS,
-                check=False,
+            worker = subprocess.Popen(
+                argv, cwd=self._app_root, env=self.env(settings), stdout=log_file, stderr=subprocess.STDOUT
             )
-        if completed.returncode != 0:
+            returncode = self._wait_reading_load(worker, self.machine_load[benchmark.name])
+        if returncode != 0:
             tail = log_path.read_text(errors="replace")[-4000:]
-            raise RuntimeError(
-                f"worker {benchmark.name} {params} exited with {completed.returncode}:\n{tail}"
-            )
+            raise RuntimeError(f"worker {benchmark.name} {params} exited with {returncode}:\n{tail}")
         grown = {name: count() - before[name] for name, count in counters.items()}
         measured = json.loads(out.read_text())
         return benchmark.parse({"settings": dict(settings), "spawned_epoch": spawned, **measured, **grown})
 
+    @staticmethod
+    def _wait_reading_load(worker: subprocess.Popen[bytes], readings: list[float]) -> int:
+        """Wait for `worker` (killed after `WORKER_TIMEOUT_SECONDS`), reading the load average as it
+        starts, every `LOAD_READ_SECONDS` and as it ends; its exit status."""
+        deadline = time.monotonic() + WORKER_TIMEOUT_SECONDS
+        readings.append(environment.load_average())
+        try:
+            while True:
+                try:
+                    return worker.wait(min(environment.LOAD_READ_SECONDS, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        raise
+                    readings.append(environment.load_average())
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+            readings.append(environment.load_average())
+
     def start_host(self) -> ServiceProcess:
         """A dev host (over a socket) of the app in the app root, with the stack's settings."""
-        return self._stack.start_host({APP_ROOT_SETTING: str(self._app_root)}, app=HOSTED_APP)
+        settings = {**UNLIMITED_SESSIONS, APP_ROOT_SETTING: str(self._app_root)}
+        return self._stack.start_host(settings, app=HOSTED_APP)
 
     def import_profile(self) -> str:
         """`python -X importtime -c 'import function_app'` (its stderr) in a fresh process."""
@@ -226,6 +249,19 @@ def measure_all(workers: Workers, stack: Stack, plan: Plan) -> Runs:
         ],
         backend_pool=pool_runs(workers, stack, plan),
         telemetry=telemetry_runs(workers, stack, plan),
+        chat_completions=[
+            _hosted_step(
+                workers,
+                CHAT_COMPLETIONS,
+                with_pid=True,
+                seconds=plan.first_audio_seconds,
+                pace=plan.pace,
+                rounds=plan.chat_rounds,
+                history_turns=plan.chat_history_turns,
+                short_seconds=plan.chat_short_seconds,
+                long_seconds=plan.chat_long_seconds,
+            )
+        ],
     )
 
 
@@ -357,7 +393,12 @@ def main(argv: list[str] | None = None) -> None:
         machine = environment.describe(label)
         runs = measure_all(workers, stack, plan)
     results = records.merge(
-        Results, runs, machine=machine, plan=plan, runtime_seconds=time.perf_counter() - started
+        Results,
+        runs,
+        machine=machine,
+        plan=plan,
+        runtime_seconds=time.perf_counter() - started,
+        machine_load=dict(workers.machine_load),
     )
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.json").write_text(records.dump(results))

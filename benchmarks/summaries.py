@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 
 from .records import (
     MIB,
+    ChatCompletionsRun,
+    ChatKind,
     ClientKind,
     ColdStartRun,
     ConcurrencyRun,
@@ -431,3 +433,67 @@ def telemetry_effect(runs: Sequence[TelemetryRun]) -> TelemetryEffect:
     on = [run for run in runs if run.settings]
     off = [run for run in runs if not run.settings]
     return TelemetryEffect(off=pooled(off), on=pooled(on), items=sum(run.ingested_items for run in on))
+
+
+# --- chat completions -------------------------------------------------------------------------------
+
+CHAT_LONG_ANSWER_SLACK = 24 * MIB
+"""How much more a 10-minute non-streamed answer may grow the host's RSS than a 10-second one."""
+
+
+@dataclass(frozen=True)
+class ChatSummary:
+    """One chat run: first audio per kind (ms), and the host's RSS growth per answer length."""
+
+    rounds: int
+    failures: int
+    first: dict[ChatKind, Spread]
+    history_turns: int
+    short_seconds: float
+    long_seconds: float
+    short: RssCase
+    long: RssCase
+
+    def minus_bare(self, kind: ChatKind) -> float:
+        return self.first[kind].median - self.first["bare"].median
+
+    @property
+    def history_cost(self) -> float:
+        """How much later the first audio comes with the history turns than without (medians)."""
+        return self.first["chat_history"].median - self.first["chat"].median
+
+    @property
+    def long_over_short(self) -> int:
+        return self.long.growth - self.short.growth
+
+
+def chat_summary(run: ChatCompletionsRun) -> ChatSummary:
+    ok = [sample for sample in run.samples if sample.ok and sample.first_audio_ms is not None]
+    kinds: tuple[ChatKind, ...] = ("chat", "chat_history", "sse", "bare")
+
+    def first(kind: ChatKind) -> Spread:
+        return spread([value for s in ok if s.kind == kind and (value := s.first_audio_ms) is not None])
+
+    return ChatSummary(
+        rounds=len({sample.round for sample in run.samples}),
+        failures=len(run.samples) - len(ok),
+        first={kind: first(kind) for kind in kinds},
+        history_turns=run.history_turns,
+        short_seconds=run.short_seconds,
+        long_seconds=run.long_seconds,
+        short=RssCase(
+            f"1 non-streamed `wav` answer of {audio(run.short_seconds)}",
+            run.short_before_rss,
+            run.short_peak_rss,
+            1,
+            1,
+        ),
+        long=RssCase(
+            f"1 non-streamed `wav` answer of {audio(run.long_seconds)}"
+            f" ({run.long_body_bytes / MIB:.1f} MiB body)",
+            run.long_before_rss,
+            run.long_peak_rss,
+            1,
+            1,
+        ),
+    )

@@ -26,16 +26,24 @@ Settings: the `Values` of `local.settings.json` (when the file exists) are copie
 before aiohttp and the app are imported. A variable already set in the environment wins over the file,
 as with Core Tools, so `FOO=x python -m devtools.devhost` overrides `FOO` from the file.
 
+Keys: as with Core Tools, FUNCTION and ADMIN auth levels are not enforced unless keys are given.
+With `--function-key KEY` (and `--master-key KEY`) the host enforces them as in Azure: a FUNCTION
+route needs a function key or the master key, an ADMIN route the master key, in the `code` query
+parameter or the `x-functions-key` header; without one the answer is 401 with an empty body, before
+the function runs. ANONYMOUS routes are open either way. Without keys, bind to loopback only.
+
+The request body reaches the function as a stream, as through the host's proxy with the HTTP streams
+extension: the function reads it while it arrives (and can answer before reading it). A body
+declared over 100 MiB (the host's limit) is refused with 413 before the function runs; a chunked body
+that grows past it ends, for the function, as a client that left, and the caller gets 413.
+
 Not emulated:
-- Keys: FUNCTION and ADMIN auth levels are not enforced locally (as with Core Tools), so bind to
-  loopback only.
-- Non-HTTP triggers (listed and skipped), bindings other than the HTTP trigger and its `$return`
-  output, and the `context` argument; the old `func.HttpRequest`/`func.HttpResponse` model (the app
+- Non-HTTP triggers (listed and skipped; the warm-up trigger runs once at start-up, before the host
+  listens, as on an instance the platform adds), bindings other than the HTTP trigger and its
+  `$return` output, and the `context` argument; the old `func.HttpRequest`/`func.HttpResponse` model (the app
   uses the streams extension throughout).
 - A known route with a method it does not declare gets 405 with `Allow`; the real host answers 404
   (azure-functions-host#10098).
-- The request body is read whole (at most 100 MiB, else 413, as the host's limit) before the function
-  runs; the function still reads it through `Request` (`body()`, `json()`, `stream()`).
 
 A function that raises gets 500 with a short plain-text body; the traceback goes only to this host's
 log, as with the real host. One access-log line per request, written when the response has been sent
@@ -55,6 +63,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import time
@@ -70,9 +79,10 @@ from urllib.parse import quote, unquote
 import azure.functions as func
 import uvicorn
 from azure.functions.decorators.http import HttpTrigger
+from azure.functions.decorators.warmup import WarmUpTrigger
 from azurefunctions.extensions.http.fastapi import Request, RequestSynchronizer
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("devhost")
@@ -84,6 +94,8 @@ MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the Functions host's request length lim
 SHUTDOWN_GRACE_SECONDS = 60
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The methods of the extension's catch-all route (azurefunctions.extensions.http.fastapi.WebApp).
+FUNCTION_KEY_HEADER = "x-functions-key"
+FUNCTION_KEY_PARAMETER = "code"
 CATCH_ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"]
 
 _PARAM = re.compile(r"\{([^{}]+)\}")
@@ -138,6 +150,7 @@ class Route:
     template: Template
     handler: Callable[..., Any]
     arg_name: str
+    auth_level: func.AuthLevel = func.AuthLevel.ANONYMOUS
 
     def allows(self, method: str) -> bool:
         return self.methods is None or method in self.methods
@@ -242,6 +255,8 @@ def http_routes(app: func.FunctionApp, route_prefix: str) -> list[Route]:
     routes = []
     for function in indexed_functions(app):
         trigger = function.get_trigger()
+        if isinstance(trigger, WarmUpTrigger):
+            continue
         if not isinstance(trigger, HttpTrigger):
             log.warning("Skipping %s: only HTTP functions are served", function.get_function_name())
             continue
@@ -259,6 +274,7 @@ def _route(function: func.Function, trigger: HttpTrigger, route_prefix: str) -> 
         template=compile_template(route_prefix, trigger.route or ""),
         handler=function.get_user_function(),
         arg_name=trigger.name,
+        auth_level=trigger.auth_level or func.AuthLevel.FUNCTION,
     )
 
 
@@ -298,19 +314,51 @@ async def invoke(route: Route, request: Request, route_params: Mapping[str, str]
     """Call the function as the worker does; a failure becomes a 500 whose details stay in the log."""
     _SYNCHRONIZER.sync_route_params(request, dict(route_params))
     try:
-        if inspect.iscoroutinefunction(route.handler):
-            return await route.handler(**{route.arg_name: request})
-        return await asyncio.to_thread(route.handler, **{route.arg_name: request})
+        return await invoke_any(route.handler, {route.arg_name: request})
     except Exception:
         log.exception("Executed 'Functions.%s' (Failed)", route.name)
         return _plain(500)
 
 
-async def dispatch(routes: Sequence[Route], request: Request) -> Any:
-    """The function's result for this request, or the host's 404/405."""
+@dataclass(frozen=True)
+class HostKeys:
+    """The keys the host enforces (none: every auth level is open, as with Core Tools)."""
+
+    function_keys: frozenset[str] = frozenset()
+    master_key: str | None = None
+
+    def admits(self, route: Route, request: Request) -> bool:
+        """Whether the request carries a key the route's auth level accepts."""
+        if route.auth_level == func.AuthLevel.ANONYMOUS or not (self.function_keys or self.master_key):
+            return True
+        given = request.headers.get(FUNCTION_KEY_HEADER) or request.query_params.get(FUNCTION_KEY_PARAMETER)
+        if not given:
+            return False
+        accepted = (
+            {self.master_key}
+            if route.auth_level == func.AuthLevel.ADMIN
+            else {
+                *self.function_keys,
+                self.master_key,
+            }
+        )
+        return any(key and secrets.compare_digest(given, key) for key in accepted)
+
+
+async def invoke_any(handler: Callable[..., Any], arguments: Mapping[str, Any]) -> Any:
+    """Async functions run on the host's event loop, sync ones in a worker thread."""
+    if inspect.iscoroutinefunction(handler):
+        return await handler(**arguments)
+    return await asyncio.to_thread(handler, **arguments)
+
+
+async def dispatch(routes: Sequence[Route], request: Request, keys: HostKeys = HostKeys()) -> Any:
+    """The function's result for this request, or the host's 401/404/405."""
     found = resolve(routes, request.method, _raw_path(request.scope))
     if isinstance(found, tuple):
         route, params = found
+        if not keys.admits(route, request):
+            return Response(status_code=401)
         return await invoke(route, request, params)
     if found:
         return _plain(405, {"Allow": ", ".join(sorted(found))})
@@ -318,10 +366,6 @@ async def dispatch(routes: Sequence[Route], request: Request) -> Any:
 
 
 # --- the host's side: request length limit, access log ----------------------------------------------
-
-
-class RequestTooLarge(Exception):
-    """The request body is over the host's limit."""
 
 
 @dataclass
@@ -363,8 +407,8 @@ class Exchange:
 
 
 class HostFrontEnd:
-    """What the Functions host does around the worker: refuse bodies over the limit (413), log each
-    request once its response has been sent."""
+    """What the Functions host does around the worker: pass the body on as it arrives, refuse bodies
+    over the limit (413), log each request once its response has been sent."""
 
     def __init__(self, app: ASGIApp, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         self.app = app
@@ -387,13 +431,42 @@ class HostFrontEnd:
         if _declared_length(scope) > self.max_request_bytes:
             await _plain(413)(scope, receive, send)
             return
-        try:
-            body = await _read_body(receive, self.max_request_bytes)
-        except RequestTooLarge:
+        body = BodyLimit(receive, send, self.max_request_bytes)
+        await self.app(scope, body.receive, body.send)
+        if body.over and not body.answered:
             await _plain(413)(scope, receive, send)
-            return
-        if body is not None:  # None: the client left before it sent the whole request
-            await self.app(scope, _replay(body, receive), send)
+
+
+class BodyLimit:
+    """The body passed on as it arrives, counted: past `limit` bytes the function sees the client
+    leave (`http.disconnect`), and what it answers afterwards is replaced by the host's 413."""
+
+    def __init__(self, receive: Receive, send: Send, limit: int) -> None:
+        self._receive = receive
+        self._send = send
+        self._limit = limit
+        self._size = 0
+        self.over = False
+        self.answered = False
+        """Whether the function began its response before the body went over the limit."""
+
+    async def receive(self) -> Message:
+        if self.over:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._size += len(message.get("body", b""))
+            if self._size > self._limit:
+                self.over = True
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.over and not self.answered:
+            return  # the host answers 413 instead
+        if message["type"] == "http.response.start":
+            self.answered = True
+        await self._send(message)
 
 
 def _declared_length(scope: Scope) -> int:
@@ -403,40 +476,14 @@ def _declared_length(scope: Scope) -> int:
     return 0
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """`receive` that gives the body read up front, then what the server sends (`http.disconnect`)."""
-    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replayed() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replayed
-
-
-def _asgi_app(routes: Sequence[Route], max_request_bytes: int) -> ASGIApp:
+def _asgi_app(routes: Sequence[Route], max_request_bytes: int, keys: HostKeys) -> ASGIApp:
     # The worker's app: FastAPI with one catch-all route (see the extension's WebApp.route); without
     # FastAPI's /docs and /openapi.json, which the host never forwards to the worker.
     web_app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
     @web_app.api_route("/{path:path}", methods=CATCH_ALL_METHODS, response_model=None)
     async def catch_all(request: Request) -> Any:
-        return await dispatch(routes, request)
+        return await dispatch(routes, request, keys)
 
     return HostFrontEnd(web_app, max_request_bytes)
 
@@ -446,10 +493,12 @@ def asgi_app(
     route_prefix: str = DEFAULT_ROUTE_PREFIX,
     *,
     max_request_bytes: int = MAX_REQUEST_BYTES,
+    keys: HostKeys = HostKeys(),
 ) -> ASGIApp:
     """The ASGI app serving `app`'s HTTP functions under `/<route_prefix>/` as host and worker do:
-    routing, 404/405, route params, 500 on failure, the body limit (413) and the access log."""
-    return _asgi_app(http_routes(app, route_prefix), max_request_bytes)
+    routing, keys (401), 404/405, route params, 500 on failure, the body limit (413) and the access
+    log."""
+    return _asgi_app(http_routes(app, route_prefix), max_request_bytes, keys)
 
 
 # --- the server ---------------------------------------------------------------------------------------
@@ -494,10 +543,27 @@ class DevServer(uvicorn.Server):
         super().handle_exit(sig, frame)  # a second SIGINT forces the exit
 
 
+async def warm_up(app: func.FunctionApp) -> None:
+    """Run the app's warm-up function (a `warmupTrigger`), as the platform does on an instance it adds
+    before sending it traffic; what it raises is logged, and the host serves anyway."""
+    for function in indexed_functions(app):
+        trigger = function.get_trigger()
+        if isinstance(trigger, WarmUpTrigger):
+            started = time.perf_counter()
+            try:
+                await invoke_any(function.get_user_function(), {trigger.name: func.warmup.WarmUpContext()})
+            except Exception:
+                log.exception("Warm-up function %s failed", function.get_function_name())
+            ms = (time.perf_counter() - started) * 1000
+            log.info("Warm-up function %s ran in %.0f ms", function.get_function_name(), ms)
+
+
 async def serve(args: argparse.Namespace) -> None:
-    routes = http_routes(load_app(args.app), read_route_prefix(Path("host.json")))
+    app = load_app(args.app)
+    routes = http_routes(app, read_route_prefix(Path("host.json")))
+    await warm_up(app)
     config = uvicorn.Config(
-        _asgi_app(routes, MAX_REQUEST_BYTES),
+        _asgi_app(routes, MAX_REQUEST_BYTES, host_keys(args)),
         host=args.host,
         port=args.port,
         log_config=None,  # keep this process's logging setup
@@ -516,10 +582,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m devtools.devhost", description="Serve a FunctionApp's HTTP functions locally."
     )
     parser.add_argument("--port", type=int, default=7071, help="0 picks a free port (default: 7071)")
-    parser.add_argument("--host", default="127.0.0.1", help="keys are not enforced: keep it loopback")
+    parser.add_argument("--host", default="127.0.0.1", help="without keys: keep it loopback")
+    parser.add_argument(
+        "--function-key", action="append", default=[], help="enforce FUNCTION auth level with this key"
+    )
+    parser.add_argument("--master-key", help="the master key (FUNCTION and ADMIN auth levels)")
     parser.add_argument("--app", default="function_app", help="module[:attribute] of the FunctionApp")
     parser.add_argument("--settings", type=Path, default=Path("local.settings.json"))
     return parser.parse_args(argv)
+
+
+def host_keys(args: argparse.Namespace) -> HostKeys:
+    return HostKeys(frozenset(args.function_key), args.master_key)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

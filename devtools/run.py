@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Any
 
 from devtools import azurite
-from devtools.stack import DEFAULT_STATE_DIR, Stack, StackPorts
+from devtools.stack import DEFAULT_STATE_DIR, DEPLOYMENT_NAME, Stack, StackPorts
 
 PLAYGROUND_SETTINGS = {"PLAYGROUND_ENABLED": "true"}
 # Azurite's published development account key (documented with Azurite, not a secret). The Functions
@@ -103,7 +103,9 @@ def instructions(
         [
             f"Function host:  {host_url}  (logs in {log_dir})",
             f"  POST {speech_url}",
-            f"  GET  {host_url}/api/health",
+            f"  GET  {host_url}/api/health     (anyone: up, settings complete, ?probe=true checks)",
+            f"  GET  {host_url}/api/status     (the operator's view, function key in Azure)",
+            f"OpenAI-compatible base URL (model {DEPLOYMENT_NAME}): {host_url}/api/v1",
             f"Playground:     {host_url}/api/playground",
             "",
             "JSON answer:",
@@ -111,6 +113,8 @@ def instructions(
             "Server-Sent Events:",
             f"  curl -N {speech_url} -H 'Accept: text/event-stream' -H 'Content-Type: application/json' "
             f"-d '{body}'",
+            "Status (checks, settings, each backend's state):",
+            f"  curl -s {host_url}/api/status",
             *last_traces,
             "",
             f"Settings: {settings_note}",

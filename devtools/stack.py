@@ -309,17 +309,21 @@ class Stack:
         name: str | None = None,
         app: str | None = None,
         start_timeout: float = 60.0,
+        function_key: str | None = None,
     ) -> ServiceProcess:
         """Run the function app under `devtools.devhost` and wait until it answers HTTP.
 
         The developer's `local.settings.json` is not read (`--settings` points at a file that does not
-        exist), so only this stack's settings and `env_overrides` apply.
+        exist), so only this stack's settings and `env_overrides` apply. With `function_key` the host
+        enforces function keys as in Azure (see `devtools.devhost`); without, it does not, as Core Tools.
         """
         name = name or f"host-{len(self.hosts) + 1}"
         no_settings = self.state_dir / "no-local-settings.json"
         argv = [sys.executable, "-m", "devtools.devhost", "--port", PORT_PLACEHOLDER, "--host", LOOPBACK]
         if app is not None:
             argv += ["--app", app]
+        if function_key is not None:
+            argv.append(f"--function-key={function_key}")
         host = ServiceProcess(
             name,
             [*argv, "--settings", str(no_settings)],

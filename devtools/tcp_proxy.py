@@ -71,10 +71,11 @@ class TcpProxy:
         """Stop listening and drop every open relay."""
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for relay in list(self._relays):
             relay.cancel()
         await asyncio.gather(*self._relays, return_exceptions=True)
+        if self._server is not None:  # since Python 3.12 this waits for every connection to close
+            await self._server.wait_closed()
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -98,10 +99,10 @@ class TcpProxy:
                 )
         except (OSError, TimeoutError):
             self._target_down += 1
-            _reset(client_writer)
+            reset(client_writer)
             return
         except asyncio.CancelledError:
-            _reset(client_writer)
+            reset(client_writer)
             raise
         self._forwarded += 1
         await _pump_both_ways(client_reader, client_writer, target_reader, target_writer)
@@ -122,7 +123,7 @@ async def _pump_both_ways(
         await asyncio.gather(*pumps)
     except OSError:
         for writer in (client_writer, target_writer):
-            _reset(writer)
+            reset(writer)
     finally:
         for pump in pumps:
             pump.cancel()
@@ -139,7 +140,7 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.write_eof()
 
 
-def _reset(writer: asyncio.StreamWriter) -> None:
+def reset(writer: asyncio.StreamWriter) -> None:
     """Close with a TCP reset rather than a FIN: the peer fails at once instead of seeing a clean end."""
     sock = writer.get_extra_info("socket")
     if sock is not None:

@@ -134,6 +134,21 @@ param realtimeSpeedPercent int = 100
 @maxValue(4096)
 param realtimeMaxOutputTokens int = 0
 
+@description('Realtime sessions each instance keeps open in advance (REALTIME_SPARE_SESSIONS, 0 to 8): a request takes one instead of waiting for the WebSocket handshake. Each is a session the deployment\'s quota counts (see README, spare sessions); 0 turns them off.')
+@minValue(0)
+@maxValue(8)
+param realtimeSpareSessions int = 1
+
+@description('Seconds after which a spare session is closed and replaced (REALTIME_SPARE_MAX_AGE_SECONDS, 1 to 1500; Azure ends sessions at 30 minutes).')
+@minValue(1)
+@maxValue(1500)
+param realtimeSpareMaxAgeSeconds int = 600
+
+@description('An instance that has had no request for this many seconds closes its spare sessions (REALTIME_SPARE_IDLE_SECONDS, 1 to 3600).')
+@minValue(1)
+@maxValue(3600)
+param realtimeSpareIdleSeconds int = 300
+
 @description('Bitrate of MP3 answers in kbit/s (AUDIO_MP3_BITRATE_KBPS); an MPEG-2 Layer III bitrate.')
 @allowed([
   8
@@ -214,7 +229,7 @@ param openAiDeploymentSku string = 'GlobalStandard'
 @minValue(1)
 param openAiDeploymentCapacity int = 10
 
-@description('Create the input-transcription deployment (spoken questions) on every account; false when an existing account already has it.')
+@description('Create the input-transcription deployment (spoken questions) on the primary account; false when that existing account already has it. The pool\'s extra accounts are new and always get theirs.')
 param createTranscriptionDeployment bool = true
 
 @description('Name of the input-transcription deployment (REALTIME_TRANSCRIPTION_MODEL): on Azure the session names a deployment of the resource, not a model.')
@@ -375,7 +390,6 @@ module openAiPool 'modules/openai-pool.bicep' = {
     deploymentName: openAiDeploymentName
     modelName: openAiModelName
     modelVersion: openAiModelVersion
-    createTranscriptionDeployment: createTranscriptionDeployment
     transcriptionDeploymentName: transcriptionDeploymentName
     transcriptionModelName: transcriptionModelName
     transcriptionModelVersion: transcriptionModelVersion
@@ -417,6 +431,10 @@ var openAiBackends = concat([
 // AZURE_OPENAI_API_KEY (local use only; the app authenticates with its managed identity),
 // AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT_NAME (AZURE_OPENAI_BACKENDS replaces them) and
 // OTEL_EXPORTER_OTLP_ENDPOINT (the OTLP exporter, an alternative to Application Insights).
+// MAX_CONCURRENT_SESSIONS follows the instance memory: the app's default (4) is sized for 512 MB, so
+// 4 sessions per 512 MB (16 at 2048 MB, 32 at 4096 MB).
+var maxConcurrentSessions = instanceMemoryMB / 128
+
 var appSettings = {
   AZURE_OPENAI_BACKENDS: string(openAiBackends)
   AZURE_OPENAI_CIRCUIT_FAILURES: string(openAiCircuitFailures)
@@ -426,11 +444,15 @@ var appSettings = {
   AUDIO_URL_TTL_MINUTES: string(audioUrlTtlMinutes)
   AUDIO_BLOCK_SIZE_BYTES: string(audioBlockSizeBytes)
   REALTIME_TIMEOUT_SECONDS: string(realtimeTimeoutSeconds)
+  MAX_CONCURRENT_SESSIONS: string(maxConcurrentSessions)
   REALTIME_INSTRUCTIONS: realtimeInstructions
   REALTIME_VOICE: realtimeVoice
   REALTIME_SPEED: '${realtimeSpeedPercent / 100}.${padLeft(string(realtimeSpeedPercent % 100), 2, '0')}'
   REALTIME_MAX_OUTPUT_TOKENS: (realtimeMaxOutputTokens == 0) ? '' : string(realtimeMaxOutputTokens)
   REALTIME_TRANSCRIPTION_MODEL: transcriptionDeploymentName
+  REALTIME_SPARE_SESSIONS: string(realtimeSpareSessions)
+  REALTIME_SPARE_MAX_AGE_SECONDS: string(realtimeSpareMaxAgeSeconds)
+  REALTIME_SPARE_IDLE_SECONDS: string(realtimeSpareIdleSeconds)
   AUDIO_MP3_BITRATE_KBPS: string(audioMp3BitrateKbps)
   AUDIO_INPUT_MAX_BYTES: string(audioInputMaxBytes)
   AUDIO_INPUT_MAX_SECONDS: string(audioInputMaxSeconds)

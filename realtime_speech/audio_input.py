@@ -14,12 +14,17 @@ What is wrong with the audio decides the status:
 - 400 (InvalidRequest): audio that is broken, inconsistent or out of range: empty, corrupt,
   truncated, no frames, sizes that disagree with the bytes, a content type that disagrees with the
   bytes, more than 2 channels, a sample rate outside 8-192 kHz, G.711 other than 8 kHz mono, a
-  length the file does not declare.
-- 413 (PayloadTooLarge): longer than `max_seconds` (the limit is named).
+  length the file does not declare, a decoded sample that is not a finite number (NaN, an infinity,
+  or a float64 beyond the float32 range).
+- 413 (PayloadTooLarge): longer than `max_seconds` (the limit is named), as decoded: a header that
+  declares more than the file holds is a truncated file (400), not a long one.
 
 libsndfile is lenient with truncated WAV and Ogg files (it decodes what is there), so the WAV's chunk
 sizes (`wav.read_wav_layout`), the Ogg pages and the decoded length against the declared one are
-checked here. Details name the problem, never the data.
+checked here. The decoded samples are checked before they are mixed, resampled or converted, whatever
+the container and decoder: only a float WAV can store a NaN, but any decoder's output is checked.
+When several things are wrong, the check that names the precise problem comes first (a G.711 WAV's
+own shape rule before the general one). Details name the problem, never the data.
 """
 
 from __future__ import annotations
@@ -141,15 +146,15 @@ def decode_question(data: bytes, content_type: str | None, *, max_seconds: float
 
 def _container(data: bytes, content_type: str | None) -> _Container:
     """The container that `content_type` names and the bytes confirm (told from the bytes when None)."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type and media_type not in MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"The content type is not an accepted audio type ({', '.join(MEDIA_TYPES)})."
+        )
     if not data:
         raise InvalidRequest("The audio is empty.")
     found = _sniff(data)
-    if content_type:
-        media_type = content_type.split(";", 1)[0].strip().lower()
-        if media_type not in MEDIA_TYPES:
-            raise UnsupportedMediaType(
-                f"The content type is not an accepted audio type ({', '.join(MEDIA_TYPES)})."
-            )
+    if media_type:
         expected = _CONTAINERS[MEDIA_TYPES[media_type]]
         if found is None:
             raise InvalidRequest(
@@ -193,7 +198,8 @@ def _is_mpeg_audio_frame(head: bytes) -> bool:
 
 
 def _wav_layout(data: bytes) -> WavLayout:
-    """The WAV's layout, once its sizes, codec, channels and rate are acceptable."""
+    """The WAV's layout, once its sizes, codec, channels and rate are acceptable (G.711's channels
+    and rate are checked against its own rule, by `_g711_question`)."""
     try:
         layout = read_wav_layout(data)
     except ValueError as exc:
@@ -204,7 +210,8 @@ def _wav_layout(data: bytes) -> WavLayout:
         raise UnsupportedMediaType(
             f"WAV audio encoded as {codec} is not supported: send PCM, float or G.711."
         )
-    _check_shape(layout.channels, layout.sample_rate)
+    if tag not in (WAVE_FORMAT_MULAW, WAVE_FORMAT_ALAW):
+        _check_shape(layout.channels, layout.sample_rate)
     return layout
 
 
@@ -231,10 +238,18 @@ def _g711_question(data: bytes, layout: WavLayout, max_seconds: float) -> Spoken
 
 
 def _check_ogg(data: bytes) -> None:
-    """An Ogg stream carries Vorbis or Opus, its pages are whole and the last one ends the stream."""
+    """An Ogg stream's pages are whole, it carries Vorbis or Opus and its last page ends the stream.
+    The pages come first: the codec of a broken stream cannot be told."""
+    last_flags = _last_ogg_page_flags(data)
     codec = _ogg_codec(data)
     if codec not in ("Vorbis", "Opus"):
         raise UnsupportedMediaType(f"Ogg audio encoded as {codec} is not supported: send Ogg Vorbis or Opus.")
+    if not last_flags & 0x04:
+        raise InvalidRequest("The Ogg audio is truncated: it ends without its end-of-stream page.")
+
+
+def _last_ogg_page_flags(data: bytes) -> int:
+    """The header flags of the last Ogg page, once every page is found whole."""
     position = flags = 0
     while position < len(data):
         if data[position : position + 4] != b"OggS" or position + 27 > len(data):
@@ -244,8 +259,7 @@ def _check_ogg(data: bytes) -> None:
         if page_end > len(data):
             raise InvalidRequest("The Ogg audio is truncated: its last page is cut short.")
         flags, position = data[position + 5], page_end
-    if not flags & 0x04:
-        raise InvalidRequest("The Ogg audio is truncated: it ends without its end-of-stream page.")
+    return flags
 
 
 def _ogg_codec(data: bytes) -> str:
@@ -259,7 +273,7 @@ def _ogg_codec(data: bytes) -> str:
 def _decoded_question(data: bytes, container: _Container, max_seconds: float) -> SpokenQuestion:
     try:
         with sf.SoundFile(io.BytesIO(data)) as audio:
-            declared = _check_decodable(audio, container, max_seconds)
+            declared = _check_decodable(audio, container)
             pcm, decoded = _model_pcm(audio, max_seconds)
     except sf.SoundFileError as exc:
         reason = exc.error_string if isinstance(exc, sf.LibsndfileError) else type(exc).__name__
@@ -282,9 +296,10 @@ def _decoded_question(data: bytes, container: _Container, max_seconds: float) ->
     )
 
 
-def _check_decodable(audio: sf.SoundFile, container: _Container, max_seconds: float) -> int:
+def _check_decodable(audio: sf.SoundFile, container: _Container) -> int:
     """What libsndfile sees is `container` with a codec, shape and declared length taken; returns
-    the declared number of frames."""
+    the declared number of frames. The declared length is not held against `max_seconds`: a header
+    can declare more than its file holds, so the limit is applied to what is decoded."""
     if audio.format not in container.libsndfile_formats:
         raise InvalidRequest(f"The audio is not a valid {container.name} file.")
     if audio.subtype not in container.subtypes:
@@ -298,25 +313,38 @@ def _check_decodable(audio: sf.SoundFile, container: _Container, max_seconds: fl
         )
     if audio.frames == 0:
         raise InvalidRequest(f"The {container.name} audio has no frames.")
-    _check_duration(audio.frames / audio.samplerate, max_seconds)
     return audio.frames
 
 
 def _model_pcm(audio: sf.SoundFile, max_seconds: float) -> tuple[bytes, int]:
     """The whole audio as PCM16 24 kHz mono, decoded block by block (so that a file holding more than
-    it declares stops at the limit), and how many frames were decoded."""
+    it declares stops at the limit), and how many frames were decoded. libsndfile gives float32: a
+    float64 sample beyond its range becomes an infinity, and is refused with the NaNs."""
     rate = audio.samplerate
     resampler = None if rate == MODEL_RATE else soxr.ResampleStream(rate, MODEL_RATE, 1, dtype="float32")
     blocks: list[np.ndarray] = []
     decoded = 0
     while len(block := audio.read(_DECODE_BLOCK_FRAMES, dtype="float32", always_2d=True)):
+        _check_finite(block, decoded)
         decoded += len(block)
         _check_duration(decoded / rate, max_seconds)
         mono = block[:, 0] if block.shape[1] == 1 else (block[:, 0] + block[:, 1]) * 0.5
         blocks.append(_pcm16(mono if resampler is None else resampler.resample_chunk(mono)))
     if resampler is not None:
         blocks.append(_pcm16(resampler.resample_chunk(np.zeros(0, np.float32), last=True)))
-    return b"".join(block.tobytes() for block in blocks), decoded
+    return b"".join(blocks), decoded  # straight from the arrays' buffers, one copy
+
+
+def _check_finite(block: np.ndarray, first_frame: int) -> None:
+    """Every decoded sample of `block` (frames from `first_frame`) is a number: NaN and infinities are
+    no samples, so the file is corrupt (converted, they would reach the model as clicks or silence)."""
+    frames_bad = ~np.isfinite(block).all(axis=1)
+    if frames_bad.any():
+        frame = first_frame + int(np.argmax(frames_bad))
+        raise InvalidRequest(
+            f"The audio is corrupt: frame {frame} holds a sample that is not finite "
+            "(NaN, an infinity, or a 64-bit float beyond the 32-bit range)."
+        )
 
 
 def _pcm16(samples: np.ndarray) -> np.ndarray:

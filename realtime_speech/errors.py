@@ -22,9 +22,11 @@ class ServiceError(Exception):
     title: ClassVar[str] = "Internal error"
     default_retry_after: ClassVar[float | None] = None
 
-    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, detail: str, *, retry_after: float | None = None, param: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.param = param
+        """The request field at fault, when one is (named in OpenAI-shaped errors)."""
         self.asked_retry_after = retry_after
         """The wait a dependency asked for (e.g. an upstream `Retry-After`), None when it named none."""
         self.retry_after = retry_after if retry_after is not None else self.default_retry_after
@@ -43,6 +45,10 @@ class ServiceError(Exception):
 
 class InvalidRequest(ServiceError):
     status, code, title = 400, "invalid-request", "The request is not valid"
+
+
+class ContextTooLong(InvalidRequest):
+    code, title = "context-length-exceeded", "The conversation does not fit the model's context"
 
 
 class PayloadTooLarge(ServiceError):
@@ -70,12 +76,36 @@ class UpstreamRateLimited(ServiceError):
     default_retry_after = DEFAULT_RETRY_AFTER_SECONDS
 
 
+class TooManySessions(ServiceError):
+    """MAX_CONCURRENT_SESSIONS reached: another instance, or this one a moment later, takes the request."""
+
+    status, code, title = 429, "too-many-sessions", "The instance is answering as many questions as it may"
+    default_retry_after = 1.0
+
+
+class RequestTimeout(ServiceError):
+    status, code, title = 408, "request-timeout", "The request body did not arrive in time"
+
+
 class UpstreamAuthFailed(ServiceError):
     status, code, title = 502, "upstream-auth-failed", "The model refused the app's credentials"
 
 
 class UpstreamFailed(ServiceError):
     status, code, title = 502, "upstream-failed", "The model did not complete the answer"
+
+
+class BackendMisconfigured:
+    """A handshake refusal that says one backend of the pool is set up wrongly, not that the model is
+    busy or down: the backend pool counts it against that backend (its circuit opens)."""
+
+
+class DeploymentNotFound(BackendMisconfigured, UpstreamFailed):
+    """404 at the handshake: the backend's resource has no deployment of that name."""
+
+
+class BackendAccessDenied(BackendMisconfigured, UpstreamAuthFailed):
+    """403 at the handshake: the app's identity lacks the role on that backend's resource."""
 
 
 class UpstreamUnavailable(ServiceError):

@@ -8,14 +8,16 @@ exists (one conditional request), so every caller of a key gets the same answer;
 start the same key at the same moment may each pay for a session, and the later one discards its own.
 
 This module knows records, not how answers are made: the service claims a key, asks the claim for an
-earlier answer and, when there is none, produces one and hands it to `Claim.keep`.
+earlier answer and, when there is none, hands the claim the task that produces one
+(`Claim.settle_with`, so that the key is settled however that task ends) and the answer to
+`Claim.keep`. A keep that fails may have written the record all the same (its response lost):
+`Claim.withdraw` removes it if it holds that answer, so no record outlives the answer it names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import IdempotencyKeyReused, StorageUnavailable, UpstreamFailed
@@ -33,9 +35,7 @@ class RecordStore(Protocol):
         self, blob_name: str, record: dict[str, Any], *, only_if_new: bool = False
     ) -> bool: ...
 
-
-Discard = Callable[[SpeechRecord], Awaitable[None]]
-"""Removes an answer that will not be handed out (its audio and record)."""
+    async def delete(self, blob_name: str) -> None: ...
 
 
 def record_name(key: str) -> str:
@@ -59,6 +59,10 @@ class IdempotencyKeys:
         first = self._in_flight[key] = asyncio.get_running_loop().create_future()
         first.add_done_callback(lambda done: self._forget(key, done))
         return Claim(self._store, key, fingerprint, first, owner=True)
+
+    def __len__(self) -> int:
+        """How many keys are being answered in this process now."""
+        return len(self._in_flight)
 
     def _forget(self, key: str, settled: asyncio.Future[tuple[str, SpeechRecord]]) -> None:
         if self._in_flight.get(key) is settled:  # not a newer claim's
@@ -100,28 +104,46 @@ class Claim:
             )
         return record
 
-    async def keep(self, record: SpeechRecord, discard: Discard) -> tuple[SpeechRecord, bool]:
-        """Keep the owner's new answer for the key, unless another instance kept one first: then the
-        new answer is discarded and the kept one returned. Returns the answer and whether it is an
-        earlier one."""
+    async def keep(self, record: SpeechRecord) -> tuple[SpeechRecord, bool]:
+        """Keep the owner's new answer for the key, unless another instance kept one first. Returns the
+        kept answer and whether it is another instance's (the caller then discards its own). When this
+        raises, the write may have landed: the caller discards its answer and `withdraw`s it."""
         document = {"fingerprint": self._fingerprint, "result": record.model_dump(mode="json")}
-        try:
-            saved = await self._store.save_record(self._name, document, only_if_new=True)
-        except BaseException:
-            await discard(record)
-            raise
-        if saved:
+        if await self._store.save_record(self._name, document, only_if_new=True):
             self._settle(self._fingerprint, record)
             return record, False
-        await discard(record)
         kept = await self._store.load_record(self._name)
         if kept is None:
             raise StorageUnavailable("The idempotency record changed while it was read; retry.")
+        if _holds(kept, record):  # this write landed; its response was lost and the retry told 409
+            self._settle(self._fingerprint, record)
+            return record, False
         first = SpeechRecord.model_validate(kept["result"])
         self._settle(kept["fingerprint"], first)
         if kept["fingerprint"] != self._fingerprint:
             raise IdempotencyKeyReused("This Idempotency-Key was used by a concurrent, different request.")
         return first, True
+
+    async def withdraw(self, record: SpeechRecord) -> bool:
+        """Remove the key's record if it holds `record` (a keep that failed may have written it, and
+        the answer it names is being deleted). Returns whether there was one to remove."""
+        kept = await self._store.load_record(self._name)
+        if kept is None or not _holds(kept, record):
+            return False
+        await self._store.delete(self._name)
+        return True
+
+    def settle_with(self, answering: asyncio.Future[Any]) -> None:
+        """Hand the key to the task that answers it: however that task ends, the key is settled (by
+        `keep` when it succeeds; here, when it fails, its caller leaves or the deadline cuts in), so
+        that nobody waits on an owner that is gone and the key leaves the in-flight map."""
+        answering.add_done_callback(self._settle_from)
+
+    def _settle_from(self, answering: asyncio.Future[Any]) -> None:
+        if answering.cancelled():
+            self.fail(asyncio.CancelledError())
+        elif (error := answering.exception()) is not None:
+            self.fail(error)
 
     def fail(self, error: BaseException) -> None:
         """The owner could not answer: the requests waiting on the key fail alike (only successes are
@@ -138,3 +160,8 @@ class Claim:
     def _settle(self, fingerprint: str, record: SpeechRecord) -> None:
         if not self._first.done():
             self._first.set_result((fingerprint, record))
+
+
+def _holds(kept: dict[str, Any], record: SpeechRecord) -> bool:
+    """Whether a key's stored record is `record` (its audio's name is unique to one answer)."""
+    return kept["result"].get("blob_name") == record.blob_name

@@ -11,6 +11,7 @@ from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
 from .errors import IdentityUnavailable
 
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
+NO_TOKEN = "The managed identity could not provide a token for Azure OpenAI."
 
 
 def app_credential(client_id: str | None) -> AsyncTokenCredential:
@@ -27,8 +28,15 @@ def openai_token_provider(credential: AsyncTokenCredential) -> Callable[[], Awai
         try:
             return await provider()
         except ClientAuthenticationError:
-            raise IdentityUnavailable(
-                "The managed identity could not provide a token for Azure OpenAI."
-            ) from None
+            raise IdentityUnavailable(NO_TOKEN) from None
 
     return token
+
+
+async def openai_token_expires_on(credential: AsyncTokenCredential) -> float:
+    """When the Azure OpenAI token the provider hands out now expires (Unix seconds): the credential
+    caches it, so this is the token a connection opened now carries."""
+    try:
+        return float((await credential.get_token(COGNITIVE_SERVICES_SCOPE)).expires_on)
+    except ClientAuthenticationError:
+        raise IdentityUnavailable(NO_TOKEN) from None

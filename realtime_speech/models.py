@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
     model_serializer,
     model_validator,
 )
@@ -28,6 +31,8 @@ VOICES: tuple[str, ...] = Voice.__args__
 MAX_TEXT_CHARS = 4_000
 MAX_INSTRUCTIONS_CHARS = 4_000
 MAX_BODY_BYTES = 64 * 1024
+MAX_OUTPUT_TOKENS = 4096  # the most a realtime response speaks
+_ANY_JSON = TypeAdapter(Any)
 
 
 def _not_blank(value: str) -> str:
@@ -67,13 +72,24 @@ class SpeechRequest(BaseModel):
     voice: Voice | None = None
     format: OutputFormatName | None = None
     speed: float | None = Field(None, ge=0.25, le=1.5)
-    max_output_tokens: int | None = Field(None, ge=1, le=4096)
+    max_output_tokens: int | None = Field(None, ge=1, le=MAX_OUTPUT_TOKENS)
 
     @model_validator(mode="after")
     def _one_question(self) -> SpeechRequest:
         if (self.text is None) == (self.audio is None):
             raise ValueError("give exactly one of text and audio")
         return self
+
+    @staticmethod
+    def json_without_audio(body: bytes) -> bool:
+        """Whether `body` is JSON without `audio` (absent or null at its top level), the kind of body
+        held to MAX_BODY_BYTES. A body that is not JSON is not judged here: its parse error is what
+        is wrong with it, whatever its size (it may be a cut-off spoken question)."""
+        try:
+            value = _ANY_JSON.validate_json(body)
+        except ValidationError:
+            return False
+        return not isinstance(value, dict) or value.get("audio") is None
 
     def fingerprint(self) -> str:
         """What the request asks, as a digest: equal for bodies that differ only in layout."""
@@ -147,6 +163,44 @@ class SpeechResult(SpeechRecord):
         return SpeechRecord.model_validate(self.model_dump(include=set(SpeechRecord.model_fields)))
 
 
+@dataclass(frozen=True)
+class SpokenPart:
+    """An audio file in a conversation as received, its media type as declared; `param` says where it
+    was sent."""
+
+    data: bytes
+    param: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class AnswerReference:
+    """An earlier answer of this app, by the `audio_id` it was handed out with."""
+
+    audio_id: str
+    param: str
+
+
+@dataclass(frozen=True)
+class HistoryTurn:
+    """An earlier message: a user's text and spoken parts, or an assistant's text or earlier answer."""
+
+    role: Literal["user", "assistant"]
+    content: tuple[str | SpokenPart | AnswerReference, ...]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What a conversation adds to a question: instructions (replacing REALTIME_INSTRUCTIONS), the
+    turns before it, the deployment that must answer (None: any), and where the question's own audio
+    was sent (for errors)."""
+
+    instructions: str | None = None
+    history: tuple[HistoryTurn, ...] = ()
+    deployment: str | None = None
+    question_param: str | None = None
+
+
 # The phases of a request, each from one mark (None: the request's start) to the next.
 PHASES = (
     ("connect", None, "connected"),
@@ -162,6 +216,8 @@ class Timeline:
     def __init__(self) -> None:
         self._start = time.perf_counter()
         self.marks: dict[str, float] = {}
+        self.spare_session: bool | None = None
+        """Whether the model session was a spare opened before the request (None: no session)."""
 
     def mark(self, name: str) -> None:
         """Record the first time `name` happens; later calls keep the first."""

@@ -9,25 +9,36 @@ the group it goes to the backend with the fewest sessions in flight relative to 
 (in flight / weight, handshakes in progress included); ties are broken at random in proportion to
 weight, so sequential traffic spreads by weight and concurrent traffic evens out the load.
 
-Rate limits. A handshake refused with 429 makes the backend *cooling* until its Retry-After
-(`DEFAULT_COOLING_SECONDS`, 5 s, when it gave none); a cooling backend is not chosen.
+Rate limits. A handshake refused with 429 makes the backend *cooling* until its `retry-after-ms`
+or `Retry-After` (`DEFAULT_COOLING_SECONDS`, 1 s, when it gave neither); a cooling backend is not
+chosen.
 
-Circuit. A 5xx, a refused or a timed-out connection is a failure; a successful handshake resets the
-count. After `AZURE_OPENAI_CIRCUIT_FAILURES` (default 3) consecutive failures the backend's circuit
-is *open* for `AZURE_OPENAI_CIRCUIT_COOLDOWN_SECONDS` (default 30): no request tries it. Then it is
-*half-open*: exactly one real request goes to it as a probe while others skip it; the probe's success
-closes the circuit, its failure opens it again for another cool-down. A 401/403 or any other error
-leaves the circuit as it was.
+Circuit. A 5xx, a refused or a timed-out connection is a failure; so is a 404 (the deployment is
+missing) or a 403 (the app's identity lacks the role on that resource) at the handshake: those say
+that this backend is misconfigured, so each is logged as a warning naming the backend and the cause.
+A successful handshake resets the count. After `AZURE_OPENAI_CIRCUIT_FAILURES` (default 3)
+consecutive failures the backend's circuit is *open* for `AZURE_OPENAI_CIRCUIT_COOLDOWN_SECONDS`
+(default 30): no request tries it. Then it is *half-open*: exactly one real request goes to it as a
+probe while others skip it; the probe's success closes the circuit, its failure opens it again for
+another cool-down. The status names the latest failure counted (`last_failure`) until a success.
+A 401 is the app's own credential (one identity, one token audience for every backend), not one
+backend's fault: it leaves the circuit as it was, as does any other error.
 
 Attempts. A request makes up to `CONNECT_ATTEMPTS` (4) passes over the pool. In a pass it tries the
-available backends in choice order, each at most once, moving on at once after a 429 or a failure.
-Between passes it waits as a single endpoint always did: full-jitter exponential backoff (at most
-0.4, 0.8, 1.6 s), or the endpoint's Retry-After when it asked for one (the shortest asked in the pass);
-no attempt starts, and no wait is made, that would end after the request's deadline. A 401/403
-(`UpstreamAuthFailed`) or any other error that a retry cannot fix is raised at once. When no backend
-is available (each cooling, open or being probed) the request fails at once: 429
-`upstream-rate-limited` if one of them is cooling from a rate limit, else 503 `upstream-unavailable`,
-with Retry-After the time until the first of them is back.
+available backends in choice order, each at most once, moving on at once after a 429 or a 5xx or
+connection failure. Between passes it waits as a single endpoint always did: full-jitter exponential
+backoff (at most 0.4, 0.8, 1.6 s), or the endpoint's Retry-After when it asked for one (the shortest
+asked in the pass), and at least until a backend is available again. 403, 404, 401 and any other
+error that a retry cannot fix are raised at once (a 403 is `upstream-auth-failed`, a 404
+`upstream-failed`): the caller hears what is wrong. No attempt starts, and no wait is made, that
+would end after the request's deadline.
+
+Nothing available. When no backend is available (each cooling, open or being probed), at a
+request's arrival or after a pass, the request waits for the first one to come back if that is within
+`MAX_WAIT_FOR_BACKEND_SECONDS` (2 s) and before its deadline. Otherwise (or when the one it waited
+for went to another request as its probe) it fails at once: 429 `upstream-rate-limited` if one of
+them is cooling from a rate limit, else 503 `upstream-unavailable`, with Retry-After the time until
+the first of them is back.
 
 A pool of one has nowhere to move a session, so it never cools and its circuit never opens: each
 request makes up to 4 attempts with the backoff and Retry-After rules above.
@@ -43,7 +54,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -51,7 +62,7 @@ from typing import Any, Generic, TypeVar
 
 from . import incidents
 from .errors import (
-    DEFAULT_RETRY_AFTER_SECONDS,
+    BackendMisconfigured,
     DeadlineExceeded,
     ServiceError,
     UpstreamRateLimited,
@@ -64,7 +75,10 @@ T = TypeVar("T")
 CONNECT_ATTEMPTS = 4
 FIRST_BACKOFF_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 4.0
-DEFAULT_COOLING_SECONDS = DEFAULT_RETRY_AFTER_SECONDS
+# A request waits for a cooling or open backend only when it is back this soon; a 429 that names no
+# wait cools its backend for less than that, so a request still makes its passes.
+MAX_WAIT_FOR_BACKEND_SECONDS = 2.0
+DEFAULT_COOLING_SECONDS = 1.0
 
 log = logging.getLogger("realtime_speech.pool")
 
@@ -77,6 +91,7 @@ class _Backend:
     cooling_until: float = -math.inf
     open_until: float | None = None  # None: closed; once passed, half-open
     probing: bool = False
+    last_failure: str | None = None  # the detail of the latest failure counted, until a success
 
     @property
     def name(self) -> str:
@@ -165,6 +180,8 @@ class BackendPool:
         self._clock = clock
         self._rng = rng or random.Random()
         self._spills = len(backends) > 1
+        self.spare_counts: Callable[[], Mapping[str, Mapping[str, Any]]] = dict
+        """Per backend name, its spare sessions (`spares.SpareSessions.status`), for `status()`."""
 
     def __len__(self) -> int:
         return len(self._backends)
@@ -172,9 +189,18 @@ class BackendPool:
     def status(self) -> list[dict[str, Any]]:
         """Per backend: name, host, deployment, priority, weight, state (`ok`, `cooling`, `open`,
         `half-open`; cooling and open with `until` in ISO-8601 UTC and `seconds_left`), sessions in
-        flight and consecutive failures. Never a full endpoint URL, never a credential."""
+        flight, consecutive failures, while there are any `last_failure` (the latest one's detail, e.g.
+        a missing deployment), and `spares` (count, age in seconds of the oldest; None: none). Never a
+        full endpoint URL, never a credential."""
         now, wall = self._clock(), datetime.now(UTC)
-        return [self._status_of(backend, now, wall) for backend in self._backends]
+        spares = self.spare_counts()
+        return [
+            {
+                **self._status_of(backend, now, wall),
+                "spares": dict(spares.get(backend.name, {"count": 0, "oldest_age_seconds": None})),
+            }
+            for backend in self._backends
+        ]
 
     def _status_of(self, backend: _Backend, now: float, wall: datetime) -> dict[str, Any]:
         settings = backend.settings
@@ -192,18 +218,43 @@ class BackendPool:
             left = backend.back_at(now) - now
             entry["until"] = _iso_utc(wall + timedelta(seconds=left))
             entry["seconds_left"] = round(left, 1)
+        if backend.last_failure is not None:
+            entry["last_failure"] = backend.last_failure
         return entry
+
+    # --- used by spare sessions (see `spares`) ------------------------------------------------------
+
+    def next_choices(self) -> list[BackendSettings]:
+        """The backends a request would go to now: the available ones of the first priority group
+        (none that is cooling, open or half-open: a probe must be a request's)."""
+        now = self._clock()
+        ready = [b for b in self._backends if b.available(now) and not b.half_open(now)]
+        first = min((b.settings.priority for b in ready), default=None)
+        return [b.settings for b in ready if b.settings.priority == first]
+
+    def adopt(self, backend: BackendSettings, value: T) -> Lease[T] | None:
+        """A session opened earlier on `backend` becomes a request's lease, counted in flight, if the
+        backend is one a request would go to now; else None."""
+        if backend not in self.next_choices():
+            return None
+        self._by_name[backend.name].in_flight += 1
+        return Lease(self, backend, value)
 
     # --- used by `connect` and `Lease` -------------------------------------------------------------
 
-    def _take(self, exclude: set[str]) -> _Slot | None:
-        """Choose an available backend not in `exclude` and count the attempt in flight; None if every
-        available one is excluded. Raises the 429/503 of the module docstring when none is available."""
+    def deployments(self) -> list[str]:
+        """The distinct deployment names of the pool, in order of first appearance."""
+        return list(dict.fromkeys(backend.settings.deployment for backend in self._backends))
+
+    def _of(self, deployment: str | None) -> list[_Backend]:
+        """The backends of `deployment` (all of them for None)."""
+        return [b for b in self._backends if deployment in (None, b.settings.deployment)]
+
+    def _take(self, exclude: set[str], deployment: str | None = None) -> _Slot | None:
+        """Choose an available backend (of `deployment`, when given) not in `exclude` and count the
+        attempt in flight; None if there is none."""
         now = self._clock()
-        available = [b for b in self._backends if b.available(now)]
-        if not available:
-            raise self._none_available_error(now)
-        candidates = [b for b in available if b.name not in exclude]
+        candidates = [b for b in self._of(deployment) if b.available(now) and b.name not in exclude]
         if not candidates:
             return None
         first = min(b.settings.priority for b in candidates)
@@ -222,6 +273,7 @@ class BackendPool:
         if backend.open_until is not None:
             log.info("backend %s: circuit closed", backend.name)
         backend.failures = 0
+        backend.last_failure = None
         backend.open_until = None
 
     def _refused(self, slot: _Slot, error: ServiceError | None) -> None:
@@ -231,8 +283,11 @@ class BackendPool:
         self._end_probe(slot)
         if isinstance(error, UpstreamRateLimited):
             self._cool(backend, error.asked_retry_after)
+        elif isinstance(error, BackendMisconfigured):
+            log.warning("backend %s is misconfigured: %s", backend.name, error.detail)
+            self._count_failure(backend, error)
         elif isinstance(error, UpstreamUnavailable):
-            self._count_failure(backend)
+            self._count_failure(backend, error)
 
     def _cool(self, backend: _Backend, retry_after: float | None) -> None:
         if not self._spills:
@@ -241,8 +296,9 @@ class BackendPool:
         backend.cooling_until = max(backend.cooling_until, self._clock() + seconds)
         log.warning("backend %s is rate limited: cooling for %.1f s", backend.name, seconds)
 
-    def _count_failure(self, backend: _Backend) -> None:
+    def _count_failure(self, backend: _Backend, error: ServiceError) -> None:
         backend.failures += 1
+        backend.last_failure = error.detail
         if self._spills and backend.failures >= self._failure_threshold:
             backend.open_until = self._clock() + self._cooldown_seconds
             log.warning(
@@ -263,9 +319,24 @@ class BackendPool:
         """Full-jitter exponential backoff."""
         return self._rng.uniform(0, min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2**attempt))
 
-    def _none_available_error(self, now: float) -> ServiceError:
-        wait = min(backend.back_at(now) for backend in self._backends) - now
-        if any(backend.cooling(now) for backend in self._backends):
+    def _wait_for_backend(self, deployment: str | None = None) -> float:
+        """Seconds until a backend (of `deployment`, when given) can be chosen (0 when one can now).
+        Raises the 429/503 of the module docstring when that is more than
+        `MAX_WAIT_FOR_BACKEND_SECONDS` away."""
+        now = self._clock()
+        backends = self._of(deployment)
+        if any(backend.available(now) for backend in backends):
+            return 0.0
+        wait = min(backend.back_at(now) for backend in backends) - now
+        if wait > MAX_WAIT_FOR_BACKEND_SECONDS:
+            raise self._none_available_error(deployment)
+        return wait
+
+    def _none_available_error(self, deployment: str | None = None) -> ServiceError:
+        now = self._clock()
+        backends = self._of(deployment)
+        wait = min(backend.back_at(now) for backend in backends) - now
+        if any(backend.cooling(now) for backend in backends):
             return UpstreamRateLimited(
                 f"Every model backend is rate limited or unavailable; the first is back in {wait:.0f} s.",
                 retry_after=wait,
@@ -293,9 +364,11 @@ async def connect(
     open_backend: Callable[[BackendSettings], Awaitable[T]],
     deadline: float,
     *,
+    deployment: str | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> Lease[T]:
-    """Open a session on the best available backend, spilling over on refusals (module docstring).
+    """Open a session on the best available backend (of `deployment`, when given: a model's
+    backends), spilling over on refusals (module docstring).
 
     `open_backend` performs one handshake and raises a `ServiceError` when it fails (its
     `asked_retry_after` is the endpoint's Retry-After); `deadline` is event-loop time.
@@ -303,10 +376,16 @@ async def connect(
     """
     loop = asyncio.get_running_loop()
     last: ServiceError | None = None
+    asked = 0.0  # the backoff or Retry-After that the previous pass asked for
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        wait = max(asked, pool._wait_for_backend(deployment))
+        if attempt > 1 or wait:
+            if loop.time() + wait >= deadline:
+                raise last or pool._none_available_error(deployment)
+            await sleep(wait)
         tried: set[str] = set()
         waits: list[float] = []
-        while loop.time() < deadline and (slot := pool._take(tried)) is not None:
+        while loop.time() < deadline and (slot := pool._take(tried, deployment)) is not None:
             tried.add(slot.backend.name)
             try:
                 value = await _attempt(pool, slot, open_backend)
@@ -315,19 +394,31 @@ async def connect(
                 incidents.seen(exc)
                 if not isinstance(last, UpstreamRateLimited | UpstreamUnavailable):
                     raise
-                asked = last.asked_retry_after
-                waits.append(asked if asked is not None else pool._backoff(attempt))
+                retry_after = last.asked_retry_after
+                waits.append(retry_after if retry_after is not None else pool._backoff(attempt))
                 continue
             return Lease(pool, slot.backend.settings, value)
         if loop.time() >= deadline:
             raise last or DeadlineExceeded("The deadline passed before the model could be reached.")
+        if last is None or not tried:  # the backend waited for went to another request (as its probe)
+            raise pool._none_available_error(deployment)
         # Every available backend was tried in this pass and refused.
-        assert last is not None
-        wait = min(waits)
-        if attempt == CONNECT_ATTEMPTS or loop.time() + wait >= deadline:
+        if attempt == CONNECT_ATTEMPTS:
             raise last from None
-        await sleep(wait)
+        asked = min(waits)
     raise AssertionError("unreachable")
+
+
+async def open_spare(
+    pool: BackendPool, backend: BackendSettings, open_backend: Callable[[BackendSettings], Awaitable[T]]
+) -> T:
+    """One handshake on `backend` for a session held in advance, counted as a request's attempt (a 429
+    cools the backend, a failure counts toward its circuit). Once open it is not in flight."""
+    slot = _Slot(pool._by_name[backend.name], probe=False)
+    slot.backend.in_flight += 1
+    value = await _attempt(pool, slot, open_backend)
+    pool._release(backend.name)
+    return value
 
 
 async def _attempt(

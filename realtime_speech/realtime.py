@@ -2,7 +2,8 @@
 
 A `RealtimeBackend` is one deployment; `open()` connects (failures mapped to the documented errors).
 A `RealtimeSession` is configured, asked and answered in one pipelined exchange: `session.update`,
-`conversation.item.create` and `response.create` go out together (the service applies client events
+the earlier turns of a conversation and the question as `conversation.item.create` (or the input
+buffer), and `response.create` go out together (the service applies client events
 in order), then the events are consumed as they arrive and handed to an `AnswerListener` as they
 stream. Knows nothing of HTTP or storage.
 """
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import re
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+import anyio
 from azure.core.credentials_async import AsyncTokenCredential
 from openai import AsyncOpenAI, WebSocketConnectionClosedError
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
@@ -30,6 +34,8 @@ from openai.types.realtime import (
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .errors import (
+    BackendAccessDenied,
+    DeploymentNotFound,
     ServiceError,
     UpstreamAuthFailed,
     UpstreamFailed,
@@ -55,6 +61,29 @@ WEBSOCKET_OPTIONS = {"open_timeout": 10.0, "close_timeout": 2.0}
 
 
 @dataclass(frozen=True)
+class Turn:
+    """An earlier message of a conversation, replayed before the question: text parts (str) and, for
+    a user, spoken parts (bytes, PCM16 24 kHz mono). An assistant turn is its text (the service
+    refuses assistant audio)."""
+
+    role: Literal["user", "assistant"]
+    content: tuple[str | bytes, ...]
+
+
+def turn_item(turn: Turn) -> dict[str, Any]:
+    """The conversation item of a turn."""
+    content: list[dict[str, Any]] = []
+    for part in turn.content:
+        if isinstance(part, bytes):
+            content.append({"type": "input_audio", "audio": base64.b64encode(part).decode()})
+        elif turn.role == "assistant":
+            content.append({"type": "output_text", "text": part})
+        else:
+            content.append({"type": "input_text", "text": part})
+    return {"type": "message", "role": turn.role, "content": content}
+
+
+@dataclass(frozen=True)
 class VoiceRequest:
     """What to ask and how to answer: the user's text, the instructions, the voice, the session's audio
     output format, the speaking speed and the longest answer (in output tokens; None: no limit)."""
@@ -71,6 +100,8 @@ class VoiceRequest:
     input_format: dict[str, Any] | None = None
     input_transcript_grace_seconds: float = 5.0
     """How long after `response.done` the question's transcript is still awaited."""
+    history: tuple[Turn, ...] = ()
+    """The conversation before the question, oldest first."""
 
 
 @dataclass(frozen=True)
@@ -103,19 +134,19 @@ class AnswerListener(Protocol):
 
 def session_config(request: VoiceRequest) -> dict[str, Any]:
     """The GA `session.update` payload: the quickstart's configuration, audio out only. A spoken
-    question is sent whole and committed by the app, so it turns server VAD off."""
+    question is sent whole and committed by the app, so it turns server VAD off, and only a spoken
+    question configures input transcription: a text question must not depend on a transcription
+    deployment the backend may not have."""
     pcm = {"type": "audio/pcm", "rate": PCM16_24KHZ_MONO.sample_rate}
-    turn_detection = None if request.input_audio is not None else SERVER_VAD
+    audio_input: dict[str, Any] = {"format": request.input_format or pcm, "turn_detection": SERVER_VAD}
+    if request.input_audio is not None:
+        audio_input |= {"transcription": {"model": request.transcription_model}, "turn_detection": None}
     return {
         "type": "realtime",
         "instructions": request.instructions,
         "output_modalities": ["audio"],
         "audio": {
-            "input": {
-                "format": request.input_format or pcm,
-                "transcription": {"model": request.transcription_model},
-                "turn_detection": turn_detection,
-            },
+            "input": audio_input,
             "output": {"format": request.output_format, "voice": request.voice, "speed": request.speed},
         },
         "max_output_tokens": request.max_output_tokens or "inf",
@@ -134,6 +165,31 @@ def realtime_client(endpoint: str, api_key: str | None, credential: AsyncTokenCr
     )
 
 
+async def prepare_first_answer() -> None:
+    """Build now what a process's first answer would otherwise wait for (about 65 ms here): the
+    validators and serialisers of the client events it sends (pydantic builds them on first use) and
+    the async backend the SDK looks up on every send (imported on first use)."""
+    request = VoiceRequest(
+        text=".",
+        instructions=".",
+        voice="alloy",
+        transcription_model="whisper-1",
+        output_format={"type": "audio/pcm", "rate": PCM16_24KHZ_MONO.sample_rate},
+    )
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "."}]}
+    events = (
+        SessionUpdateEvent(type="session.update", session=session_config(request)),
+        ConversationItemCreateEvent(type="conversation.item.create", item=item),
+        InputAudioBufferAppendEvent(type="input_audio_buffer.append", audio=""),
+        InputAudioBufferCommitEvent(type="input_audio_buffer.commit"),
+        ResponseCreateEvent(type="response.create"),
+        ResponseCancelEvent(type="response.cancel"),
+    )
+    for event in events:
+        event.to_json(use_api_names=True, exclude_unset=True)
+    anyio.get_current_task()
+
+
 class RealtimeBackend:
     """One realtime deployment, reached through a process-wide client; one session per answer."""
 
@@ -145,6 +201,25 @@ class RealtimeBackend:
 
     async def open(self) -> RealtimeSession:
         """One connection attempt; a refusal is mapped to the error the caller would see."""
+        return RealtimeSession(await self._connect())
+
+    async def open_spare(self) -> RealtimeSession:
+        """A session held open for a later request: connected, and its `session.created` received."""
+        connection = await self._connect()
+        try:
+            async with asyncio.timeout(WEBSOCKET_OPTIONS["open_timeout"]):
+                created = await connection.recv()
+        except Exception as exc:
+            await RealtimeSession(connection).close()
+            raise UpstreamUnavailable(
+                f"The realtime endpoint did not open the session ({type(exc).__name__})."
+            ) from None
+        if created.type != "session.created":
+            await RealtimeSession(connection).close()
+            raise UpstreamFailed(f"The realtime endpoint began with '{created.type}', not session.created.")
+        return RealtimeSession(connection, spare_of=created.session.id)  # type: ignore[union-attr]
+
+    async def _connect(self) -> AsyncRealtimeConnection:
         try:
             connection = await self._client.realtime.connect(
                 model=self._deployment,
@@ -153,18 +228,36 @@ class RealtimeBackend:
             ).enter()
         except Exception as exc:
             raise connect_error(exc) from None
-        return RealtimeSession(connection)
+        return connection
 
     async def close(self) -> None:
         await self._client.close()
 
 
-class RealtimeSession:
-    """One open realtime connection: asks once and streams the answer to a listener."""
+class SessionLost(UpstreamFailed):
+    """A spare session ended before the service sent anything for the question: nothing was answered,
+    so a fresh session can ask again."""
 
-    def __init__(self, connection: AsyncRealtimeConnection) -> None:
+
+class RealtimeSession:
+    """One open realtime connection: asks once and streams the answer to a listener.
+
+    A spare (`spare_of`: its session id, from the `session.created` already received) was opened
+    before its request; `wait_closed()` watches it until a request takes it.
+    """
+
+    def __init__(self, connection: AsyncRealtimeConnection, spare_of: str | None = None) -> None:
         self._connection = connection
         self._answering = False
+        self.spare_of = spare_of
+        self._received = 0
+
+    async def wait_closed(self) -> None:
+        """Return when the connection has ended (the service closed it). Safe to cancel: no event is
+        lost (a spare is sent nothing before it is asked; anything else is ignored)."""
+        with suppress(Exception):
+            while True:
+                await self._connection.recv()
 
     async def answer(
         self, request: VoiceRequest, listener: AnswerListener, timeline: Timeline
@@ -175,17 +268,28 @@ class RealtimeSession:
             # Typed events are serialised by pydantic (about 0.1 ms); the resource helpers run the
             # SDK's parameter transform instead (about 3 ms of event-loop time per event).
             await connection.send(SessionUpdateEvent(type="session.update", session=session_config(request)))
+            for turn in request.history:
+                item = turn_item(turn)
+                await connection.send(ConversationItemCreateEvent(type="conversation.item.create", item=item))
             await self._ask(request)
             await connection.send(ResponseCreateEvent(type="response.create"))
             self._answering = True
-            answer = await _collect_answer(connection, listener, timeline, request)
+            answer = await _collect_answer(self._counted_events(), listener, timeline, request)
             self._answering = False
+            if answer.session_id is None:
+                answer = replace(answer, session_id=self.spare_of)
             return answer
-        except (ConnectionClosed, WebSocketConnectionClosedError) as exc:
+        except (ConnectionClosed, WebSocketConnectionClosedError, _Ended) as exc:
             self._answering = False
-            received = exc.rcvd if isinstance(exc, ConnectionClosed) else None
-            how = f"closed it (code {received.code})" if received else "dropped it"
-            raise UpstreamFailed(f"The realtime endpoint {how} before the answer was complete.") from None
+            message = _ended_message(exc)
+            if self.spare_of is not None and self._received == 0:
+                raise SessionLost(message) from None
+            raise UpstreamFailed(message) from None
+
+    async def _counted_events(self) -> AsyncIterator[Any]:
+        async for event in self._connection:
+            self._received += 1
+            yield event
 
     async def _ask(self, request: VoiceRequest) -> None:
         """The question: a user message, or the spoken question appended to the input buffer and
@@ -218,19 +322,22 @@ def connect_error(exc: Exception) -> ServiceError:
         return exc
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
-        if status == 401:
+        if status == 401:  # the app's token, the same for every backend: not one backend's fault
             return UpstreamAuthFailed(
                 "The realtime endpoint rejected the credentials (HTTP 401): the token is invalid, expired or "
                 "for another audience, or the API key is wrong. Check the managed identity (AZURE_CLIENT_ID) "
                 "or AZURE_OPENAI_API_KEY."
             )
         if status == 403:
-            return UpstreamAuthFailed(
+            return BackendAccessDenied(
                 "The realtime endpoint denied access (HTTP 403): the identity lacks the 'Cognitive Services "
                 "OpenAI User' role on the Azure OpenAI resource."
             )
         if status == 404:
-            return UpstreamFailed("The realtime endpoint answered 404: check the deployment name.")
+            return DeploymentNotFound(
+                "The realtime endpoint refused the handshake (HTTP 404): the resource has no deployment of "
+                "that name."
+            )
         retry_after = _handshake_retry_after(exc)
         if status == 429:
             return UpstreamRateLimited(
@@ -247,18 +354,40 @@ def connect_error(exc: Exception) -> ServiceError:
 
 
 def _handshake_retry_after(exc: Exception) -> float | None:
-    """The seconds a refused handshake's `Retry-After` asks for, if it gave a number."""
+    """The seconds a refused handshake asks to wait: Azure's `retry-after-ms` (milliseconds) when it
+    gave a number there, else `Retry-After` (seconds), else None."""
     if not isinstance(exc, InvalidStatus):
         return None
-    value = exc.response.headers.get("Retry-After")
+    headers = exc.response.headers
+    milliseconds = _number(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000
+    return _number(headers.get("Retry-After"))
+
+
+def _number(value: str | None) -> float | None:
+    """A header's value as a number of at least 0; None when absent or not a finite number."""
     try:
-        return max(0.0, float(value)) if value else None
+        number = float(value) if value else math.nan
     except ValueError:
         return None
+    return max(0.0, number) if math.isfinite(number) else None
+
+
+def _ended_message(exc: Exception) -> str:
+    if isinstance(exc, _Ended):
+        return "The realtime connection closed before the answer was complete."
+    received = exc.rcvd if isinstance(exc, ConnectionClosed) else None
+    how = f"closed it (code {received.code})" if received else "dropped it"
+    return f"The realtime endpoint {how} before the answer was complete."
+
+
+class _Ended(Exception):
+    """The connection ended cleanly (a close frame) before the answer was complete."""
 
 
 async def _collect_answer(
-    connection: AsyncRealtimeConnection, listener: AnswerListener, timeline: Timeline, request: VoiceRequest
+    events: AsyncIterator[Any], listener: AnswerListener, timeline: Timeline, request: VoiceRequest
 ) -> SpokenAnswer:
     """Consume server events until `response.done` (and, for a spoken question, its transcript, for
     at most the grace period after it), handing audio and transcripts to the listener."""
@@ -268,7 +397,6 @@ async def _collect_answer(
     audio_ended = False
     heard: dict[str, str | None] = {}  # the question's transcript, or why there is none
     answer: SpokenAnswer | None = None
-    events = aiter(connection)
     while answer is None or (request.input_audio is not None and not heard):
         grace = None if answer is None else request.input_transcript_grace_seconds
         try:
@@ -276,9 +404,7 @@ async def _collect_answer(
                 event = await anext(events)
         except (StopAsyncIteration, TimeoutError):
             if answer is None:
-                raise UpstreamFailed(
-                    "The realtime connection closed before the answer was complete."
-                ) from None
+                raise _Ended from None
             heard["reason"] = "not_received"
             break
         match event.type:

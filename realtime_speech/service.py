@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import itertools
+import logging
+import math
+import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,19 +30,58 @@ from azure.core.credentials_async import AsyncTokenCredential
 from . import incidents, telemetry
 from .answer import Answering, AnswerStream, AudioFile, EventChannel, QuestionFile
 from .audio_input import SpokenQuestion, decode_question
-from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, OutputFormat
-from .errors import DeadlineExceeded, ServiceError
+from .checks import DependencyChecks, describe
+from .encoders import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, PCM_SESSION_FORMAT, OutputFormat
+from .errors import ContextTooLong, DeadlineExceeded, InvalidRequest, PayloadTooLarge, ServiceError
 from .idempotency import Claim, IdempotencyKeys
-from .identity import app_credential, openai_token_provider
-from .models import InputAudioFacts, SpeechRecord, SpeechRequest, SpeechResult, Timeline
+from .identity import app_credential, openai_token_expires_on, openai_token_provider
+from .limits import SessionLimit
+from .models import (
+    MAX_OUTPUT_TOKENS,
+    AnswerReference,
+    Conversation,
+    HistoryTurn,
+    InputAudioFacts,
+    SpeechRecord,
+    SpeechRequest,
+    SpeechResult,
+    SpokenPart,
+    Timeline,
+)
 from .pool import BackendPool, Lease, connect
-from .realtime import RealtimeBackend, RealtimeSession, VoiceRequest, realtime_client
+from .realtime import (
+    RealtimeBackend,
+    RealtimeSession,
+    SessionLost,
+    SpokenAnswer,
+    Turn,
+    VoiceRequest,
+    prepare_first_answer,
+    realtime_client,
+)
 from .settings import BackendSettings, Settings
+from .spares import SpareSessions
 from .storage import AudioStore, blob_service_client
+from .wav import PCM16_24KHZ_MONO
 
 T = TypeVar("T")
 
+log = logging.getLogger("realtime_speech.service")
+
 CLEANUP_SECONDS = 5.0
+# An earlier spoken turn goes to the session as one event, which must stay under 15 MiB (base64).
+MAX_TURN_AUDIO_SECONDS = 150.0
+# The model's context (gpt-realtime: 32,768 tokens), less a margin for the estimate's error.
+CONTEXT_TOKENS = 32_000
+# The estimate of a conversation's size: text at 3 characters a token (rounded up; English averages
+# about 4, other languages fewer), each item's own tokens, and input audio at 10 tokens a second.
+CHARS_PER_TOKEN = 3
+TOKENS_PER_ITEM = 8
+AUDIO_TOKENS_PER_SECOND = 10
+# An answer's audio id: the date path and name of its stored file ("audio_" yyyymmdd hex32).
+_AUDIO_ID = re.compile(r"audio_(\d{4})(\d{2})(\d{2})([0-9a-f]{32})")
+# The longest a warm-up waits for its first spare sessions.
+WARM_UP_SECONDS = 10.0
 # The audio facts a caller is told before the first byte (`speech.started`).
 STARTED_FACTS = {"format", "encoding", "sample_rate", "channels", "bits_per_sample", "bitrate_kbps"}
 
@@ -50,6 +94,8 @@ class Question:
     output: OutputFormat
     spoken: SpokenQuestion | None = None
     """The spoken question as received, decoded; None for a text question."""
+    deployment: str | None = None
+    """The deployment that must answer (a model of the OpenAI-compatible API); None: any."""
 
 
 class SpeechService:
@@ -75,7 +121,23 @@ class SpeechService:
             cooldown_seconds=settings.azure_openai_circuit_cooldown_seconds,
         )
         self.credential = credential
+        self.started = int(datetime.now(UTC).timestamp())
+        """When the service was made (Unix seconds)."""
         self._keys = IdempotencyKeys(store)
+        self.sessions = SessionLimit(settings.max_concurrent_sessions)
+        self.checks = DependencyChecks({"storage": store.check, "identity": self._check_identity})
+        self.spares = SpareSessions(
+            self.pool,
+            self._open_spare,
+            count=settings.realtime_spare_sessions,
+            max_age_seconds=settings.realtime_spare_max_age_seconds,
+            idle_seconds=settings.realtime_spare_idle_seconds,
+            token_expiry=(
+                None
+                if settings.azure_openai_api_key
+                else functools.partial(openai_token_expires_on, credential)
+            ),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeechService:
@@ -108,21 +170,31 @@ class SpeechService:
         *,
         events: bool = False,
         audio_type: str | None = None,
+        conversation: Conversation | None = None,
+        deadline: float | None = None,
     ) -> Answering:
-        """Begin answering `request` within the deadline (REALTIME_TIMEOUT_SECONDS). Returns once the
-        model session is open, or with the key's earlier answer. With `events`, the answer's events
-        are kept for `Answering.events()` (bounded: see `EventChannel`). `audio_type` is the media
-        type of a spoken question sent as the raw body (None: told from its bytes)."""
-        deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
+        """Begin answering `request` within the deadline (REALTIME_TIMEOUT_SECONDS from now, or the
+        loop time `deadline` set when the request arrived). Returns once the model session is open, or
+        with the key's earlier answer. With `events`, the answer's events are kept for
+        `Answering.events()` (bounded: see `EventChannel`). `audio_type` is the media type of a spoken
+        question sent as the raw body (None: told from its bytes). `conversation` adds instructions,
+        earlier turns and the deployment (no idempotency key then)."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
         incidents.begin()
+        conversation = conversation or Conversation()
         if idempotency_key is None:
-            return await self._begin(request, audio_type, request_id, timeline, deadline, events, claim=None)
+            return await self._begin(
+                request, audio_type, conversation, request_id, timeline, deadline, events, claim=None
+            )
         claim = self._keys.claim(idempotency_key, request.fingerprint())
         try:
             earlier = await self._within(deadline, claim.earlier())
             if earlier is not None:
                 return Answering.done(deadline, await self._signed(earlier), replayed=True)
-            return await self._begin(request, audio_type, request_id, timeline, deadline, events, claim)
+            return await self._begin(
+                request, audio_type, conversation, request_id, timeline, deadline, events, claim
+            )
         except BaseException as error:
             claim.fail(error)
             raise
@@ -131,23 +203,26 @@ class SpeechService:
         self,
         request: SpeechRequest,
         audio_type: str | None,
+        conversation: Conversation,
         request_id: str,
         timeline: Timeline,
         deadline: float,
         events: bool,
         claim: Claim | None,
     ) -> Answering:
-        question = await self._within(deadline, self.question(request, audio_type))
-        attempts = itertools.count(1)
-
-        async def open_backend(backend: BackendSettings) -> RealtimeSession:
-            with telemetry.attempt(backend.name, next(attempts)):
-                return await self.backends[backend.name].open()
-
+        question = await self._within(deadline, self.question(request, audio_type, conversation))
         with telemetry.phase("connect"):
-            lease = await self._within(deadline, connect(self.pool, open_backend, deadline))
+            lease = self.spares.take(question.deployment)
+            timeline.spare_session = lease is not None
+            if lease is None:
+                lease = await self._within(deadline, self._connect(deadline, question.deployment))
         timeline.mark("connected")
-        telemetry.set_attributes(backend=lease.name, voice=question.voice.voice, format=question.output.name)
+        telemetry.set_attributes(
+            backend=lease.name,
+            voice=question.voice.voice,
+            format=question.output.name,
+            spare_session=timeline.spare_session,
+        )
         blob_name = f"{datetime.now(UTC):%Y/%m/%d}/{uuid4().hex}{question.output.extension}"
         channel = EventChannel() if events else None
         encoder = question.output.encoder(mp3_bitrate_kbps=self.settings.audio_mp3_bitrate_kbps)
@@ -155,26 +230,67 @@ class SpeechService:
         stream = AnswerStream(AudioFile(encoder, writer), channel)
         if question.spoken is not None:
             stream.question = self._question_file(question.spoken, blob_name)
+            # The file as received is let go once staged; the session needs only what it hears.
+            question = dataclasses.replace(question, spoken=None)
         known = encoder.facts().model_dump(include=STARTED_FACTS, exclude_none=True)
         started = {"type": "speech.started", "request_id": request_id, "blob_name": blob_name, **known}
-        work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim)
+        work = self._answer(lease, question, stream, blob_name, request_id, timeline, claim, deadline)
         task = asyncio.ensure_future(self._within(deadline, work))
+        if claim is not None:
+            claim.settle_with(task)  # the key now follows the answer's task, not this request
         if channel is not None:
             task.add_done_callback(lambda _: channel.close())
         return Answering(deadline, task, started, channel)
 
-    async def question(self, request: SpeechRequest, audio_type: str | None = None) -> Question:
-        """The request with the settings' defaults filled in; a spoken question is decoded and checked
-        (in a worker thread: it is CPU work) before any model session is opened."""
+    async def _connect(self, deadline: float, deployment: str | None) -> Lease[RealtimeSession]:
+        """A new session on the backend the pool chooses among those of `deployment` (all for None),
+        spilling over and retrying (see `pool`)."""
+        attempts = itertools.count(1)
+
+        async def open_backend(backend: BackendSettings) -> RealtimeSession:
+            with telemetry.attempt(backend.name, next(attempts)):
+                return await self.backends[backend.name].open()
+
+        return await connect(self.pool, open_backend, deadline, deployment=deployment)
+
+    async def _open_spare(self, backend: BackendSettings) -> RealtimeSession:
+        return await self.backends[backend.name].open_spare()
+
+    async def warm_up(self) -> None:
+        """Prepare what a first request would otherwise wait for: the storage container and delegation
+        key, the Azure OpenAI token (and with it the first connections), the spare sessions, the SDK's
+        event types. Bounded;
+        a failure is logged and left to the requests, which try again."""
+        work = asyncio.gather(
+            prepare_first_answer(), self.store.ready(), self._check_identity(), self.spares.ready()
+        )
+        try:
+            async with asyncio.timeout(WARM_UP_SECONDS):
+                await work
+        except Exception as exc:
+            log.warning("warm-up incomplete: %s", describe(exc))
+
+    async def question(
+        self, request: SpeechRequest, audio_type: str | None = None, conversation: Conversation | None = None
+    ) -> Question:
+        """The request with the settings' defaults filled in; a spoken question (and every spoken turn
+        of a conversation) is decoded and checked (in a worker thread: it is CPU work), and earlier
+        answers are found again by their audio ids, before any model session is opened."""
         settings = self.settings
+        conversation = conversation or Conversation()
         spoken = None
         if request.audio is not None:
             limit = settings.audio_input_max_seconds
-            spoken = await asyncio.to_thread(decode_question, request.audio, audio_type, max_seconds=limit)
+            decode = asyncio.to_thread(decode_question, request.audio, audio_type, max_seconds=limit)
+            spoken = await _naming(conversation.question_param, decode)
+            if conversation.question_param is not None:
+                _require_pcm(spoken, conversation.question_param)
+        history = await self._turns(conversation.history)
+        audio_seconds = self._check_conversation_audio(history, spoken)
         output = OUTPUT_FORMATS[request.format or DEFAULT_OUTPUT_FORMAT]
         voice = VoiceRequest(
             text=request.text,
-            instructions=request.instructions or settings.realtime_instructions,
+            instructions=conversation.instructions or request.instructions or settings.realtime_instructions,
             voice=request.voice or settings.realtime_voice,
             transcription_model=settings.realtime_transcription_model,
             output_format=dict(output.session_format),
@@ -183,8 +299,42 @@ class SpeechService:
             input_audio=spoken.audio if spoken else None,
             input_format=dict(spoken.session_format) if spoken else None,
             input_transcript_grace_seconds=settings.input_transcript_grace_seconds,
+            history=history,
         )
-        return Question(voice, output, spoken)
+        if conversation.history or conversation.instructions:
+            _check_context(voice, audio_seconds)
+        return Question(voice, output, spoken, conversation.deployment)
+
+    async def _turns(self, history: Sequence[HistoryTurn]) -> tuple[Turn, ...]:
+        """The turns as the session takes them: audio decoded to PCM, earlier answers as their
+        transcripts (all at once)."""
+        parts = [part for turn in history for part in turn.content]
+        resolved = iter(await asyncio.gather(*(self._part(part) for part in parts)))
+        return tuple(Turn(turn.role, tuple(next(resolved) for _ in turn.content)) for turn in history)
+
+    def _check_conversation_audio(self, history: Sequence[Turn], spoken: SpokenQuestion | None) -> float:
+        """All the audio of a conversation together stays within AUDIO_INPUT_MAX_SECONDS; returns
+        how long it is."""
+        pcm = sum(len(part) for turn in history for part in turn.content if isinstance(part, bytes))
+        seconds = pcm / (PCM16_24KHZ_MONO.sample_rate * 2) + (spoken.duration_seconds if spoken else 0.0)
+        limit = self.settings.audio_input_max_seconds
+        if seconds > limit:
+            raise PayloadTooLarge(
+                f"The conversation's audio lasts {seconds:.1f} s; at most {limit:g} s are accepted.",
+                param="messages",
+            )
+        return seconds
+
+    async def _part(self, part: str | SpokenPart | AnswerReference) -> str | bytes:
+        if isinstance(part, str):
+            return part
+        if isinstance(part, AnswerReference):
+            return await earlier_transcript(self.store, part)
+        limit = min(self.settings.audio_input_max_seconds, MAX_TURN_AUDIO_SECONDS)
+        decode = asyncio.to_thread(decode_question, part.data, part.content_type, max_seconds=limit)
+        spoken = await _naming(part.param, decode)
+        _require_pcm(spoken, part.param)
+        return spoken.audio
 
     def _question_file(self, spoken: SpokenQuestion, answer_name: str) -> QuestionFile:
         """Start uploading the spoken question beside its answer; it is committed with the answer."""
@@ -206,17 +356,15 @@ class SpeechService:
         request_id: str,
         timeline: Timeline,
         claim: Claim | None,
+        deadline: float,
     ) -> tuple[SpeechResult, bool]:
-        """Let the model answer into `stream`, commit the audio with its record (on any failure
-        nothing is left behind), keep it for the idempotency key and sign its URL. Returns the result
-        and whether it is an earlier answer (another instance kept one for the key first)."""
+        """Let the model answer into `stream`, commit the audio with its record, sign its URL and keep
+        it for the idempotency key: all or nothing, so on any failure (the deadline included) nothing
+        is left behind, before the commit or after it. Returns the result and whether it is an earlier
+        answer (another instance kept one for the key first)."""
         try:
-            try:
-                with telemetry.phase("stream"):
-                    spoken = await lease.value.answer(question.voice, stream, timeline)
-            finally:
-                await lease.value.close()
-                lease.release()
+            with telemetry.phase("stream"):
+                spoken, lease = await self._speak(lease, question, stream, timeline, deadline)
             telemetry.record_usage(spoken.usage)
             record = SpeechRecord(
                 request_id=request_id,
@@ -243,12 +391,38 @@ class SpeechService:
             await stream.abort()
             raise
         timeline.mark("committed")
-        with telemetry.phase("sign"):
-            result = await self._signed(record, timeline)
-        if claim is None:
+        try:
+            with telemetry.phase("sign"):
+                result = await self._signed(record, timeline)
+            if claim is None:
+                return result, False
+            kept, replayed = await claim.keep(result.record())
+        except BaseException:
+            await self._discard(record, claim)
+            raise
+        if not replayed:
             return result, False
-        kept, replayed = await claim.keep(result.record(), self._discard)
-        return (await self._signed(kept) if replayed else result), replayed
+        await self._discard(record)  # another instance kept its answer first
+        return await self._signed(kept), True
+
+    async def _speak(
+        self,
+        lease: Lease[RealtimeSession],
+        question: Question,
+        stream: AnswerStream,
+        timeline: Timeline,
+        deadline: float,
+    ) -> tuple[SpokenAnswer, Lease[RealtimeSession]]:
+        """The answer, and the lease of the session that gave it: a spare that the service closed
+        before it answered anything costs a new session within the deadline, never an error."""
+        try:
+            return await _spoken_on(lease, question, stream, timeline), lease
+        except SessionLost:
+            log.info("spare session to backend %s was closed by the service: connecting", lease.name)
+        fresh = await self._connect(deadline, question.deployment)
+        timeline.spare_session = False
+        telemetry.set_attributes(backend=fresh.name, spare_session=False)
+        return await _spoken_on(fresh, question, stream, timeline), fresh
 
     async def _commit(self, stream: AnswerStream, record: SpeechRecord) -> None:
         """Commit the audio, save its record (and commit the spoken question) in parallel; if any
@@ -265,7 +439,7 @@ class SpeechService:
         try:
             outcomes = await asyncio.gather(*writes.values(), return_exceptions=True)
         except BaseException:  # cancelled while writing: any write may have landed
-            await self._delete_quietly(*names)
+            await self._quietly(*map(self.store.delete, names))
             raise
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
@@ -274,19 +448,22 @@ class SpeechService:
                 for name, outcome in zip(names, outcomes, strict=True)
                 if not isinstance(outcome, BaseException)
             ]
-            await self._delete_quietly(*written)
+            await self._quietly(*map(self.store.delete, written))
             raise failures[0]
 
-    async def _discard(self, record: SpeechRecord) -> None:
-        """Remove an answer no caller will be given (it lost the race for its idempotency key)."""
+    async def _discard(self, record: SpeechRecord, claim: Claim | None = None) -> None:
+        """Remove a committed answer no caller will be given (a failure after its commit, or it lost
+        the race for its idempotency key), with the key's record when `claim` may have written it."""
         names = [record.blob_name, record_name(record.blob_name)]
-        await self._delete_quietly(*names, *([record.input_blob_name] if record.input_blob_name else []))
+        names += [record.input_blob_name] if record.input_blob_name else []
+        withdrawal = [claim.withdraw(record)] if claim is not None else []
+        await self._quietly(*map(self.store.delete, names), *withdrawal)
 
-    async def _delete_quietly(self, *blob_names: str) -> None:
-        """Best effort, bounded: remove blobs no caller will be given."""
+    async def _quietly(self, *cleanups: Awaitable[object]) -> None:
+        """Best effort, bounded: clean up after a failure, whose error is the one that counts."""
         with contextlib.suppress(ServiceError, TimeoutError):
             async with asyncio.timeout(CLEANUP_SECONDS):
-                await asyncio.gather(*(self.store.delete(name) for name in blob_names))
+                await asyncio.gather(*cleanups)
 
     async def _signed(self, record: SpeechRecord, timeline: Timeline | None = None) -> SpeechResult:
         """The record with fresh read-only URLs (and, for a new answer, its final timings)."""
@@ -324,29 +501,95 @@ class SpeechService:
             raise DeadlineExceeded(f"No complete answer within {timeout:g} s.") from None
 
     async def probe(self) -> dict[str, str]:
-        """Check identity and storage now; each answer is "ok" or a sentence saying what failed."""
-        checks = {"storage": self.store.ready(), "identity": self._check_identity()}
-        results = await asyncio.gather(*checks.values(), return_exceptions=True)
-        return {
-            name: "ok" if not isinstance(result, BaseException) else _describe(result)
-            for name, result in zip(checks, results, strict=True)
-        }
+        """Storage and identity checked for real (results kept a few seconds: see `checks`); each
+        answer is "ok" or a sentence saying what failed."""
+        return await self.checks.results()
 
     async def _check_identity(self) -> None:
         if self.settings.azure_openai_api_key is None:
             await openai_token_provider(self.credential)()
 
     async def close(self) -> None:
+        await self.spares.close()
         await self.store.close()
         for backend in self.backends.values():
             await backend.close()
         await self.credential.close()
 
 
+def audio_id(blob_name: str) -> str:
+    """The id an answer is handed out with in the OpenAI shape: its stored file's date path and name,
+    so that its record is found again without listing the container."""
+    path = PurePosixPath(blob_name)
+    return "audio_" + "".join(path.parent.parts) + path.stem
+
+
+async def earlier_transcript(store: AudioStore, reference: AnswerReference) -> str:
+    """The transcript of an answer this app gave, while its audio id is valid (its URL's lifetime,
+    from when its record was written); else a 400 naming where the id was sent."""
+    name = _record_of_audio_id(reference.audio_id)
+    stored = await store.load_record_written(name) if name else None
+    if stored is None or stored[1] + store.url_ttl < datetime.now(UTC):
+        raise InvalidRequest(
+            "The audio id is unknown or has expired; send the answer's transcript as text instead.",
+            param=reference.param,
+        )
+    return SpeechRecord.model_validate(stored[0]).transcript
+
+
+def _record_of_audio_id(value: str) -> str | None:
+    """The record's blob name of an audio id (None when it is not one of ours)."""
+    match = _AUDIO_ID.fullmatch(value)
+    return None if match is None else "{}/{}/{}/{}.json".format(*match.groups())
+
+
+def _check_context(voice: VoiceRequest, audio_seconds: float) -> None:
+    """Refuse a conversation that cannot fit the model's context with its longest answer (estimated,
+    see CONTEXT_TOKENS), before any session is paid for."""
+    texts = [voice.instructions, voice.text or ""]
+    texts += [part for turn in voice.history for part in turn.content if isinstance(part, str)]
+    text_tokens = sum(-(-len(text) // CHARS_PER_TOKEN) for text in texts)
+    items = len(voice.history) + 1
+    answer = voice.max_output_tokens or MAX_OUTPUT_TOKENS
+    needed = (
+        text_tokens + items * TOKENS_PER_ITEM + math.ceil(audio_seconds * AUDIO_TOKENS_PER_SECOND) + answer
+    )
+    if needed > CONTEXT_TOKENS:
+        raise ContextTooLong(
+            f"The conversation needs about {needed} tokens with its answer ({answer} tokens at most); "
+            f"the model's context holds {CONTEXT_TOKENS}. Send fewer or shorter messages.",
+            param="messages",
+        )
+
+
+async def _naming(param: str | None, work: Awaitable[T]) -> T:
+    """Run `work`; a failure it raises names `param` (where the audio was sent)."""
+    try:
+        return await work
+    except ServiceError as exc:
+        exc.param = exc.param or param
+        raise
+
+
+def _require_pcm(spoken: SpokenQuestion, param: str) -> None:
+    """Every spoken turn of a conversation shares the session's PCM input format (no G.711)."""
+    if spoken.session_format != PCM_SESSION_FORMAT:
+        raise InvalidRequest(
+            "G.711 WAV audio is not accepted in a conversation; send PCM WAV or MP3.", param=param
+        )
+
+
+async def _spoken_on(
+    lease: Lease[RealtimeSession], question: Question, stream: AnswerStream, timeline: Timeline
+) -> SpokenAnswer:
+    """Ask on the lease's session, then close it and end its count in the pool."""
+    try:
+        return await lease.value.answer(question.voice, stream, timeline)
+    finally:
+        await lease.value.close()
+        lease.release()
+
+
 def record_name(audio_name: str) -> str:
     """The JSON record beside an audio file."""
     return str(PurePosixPath(audio_name).with_suffix(".json"))
-
-
-def _describe(error: BaseException) -> str:
-    return str(error) if isinstance(error, ServiceError) else f"failed ({type(error).__name__})"

@@ -24,6 +24,10 @@ from .models import Voice
 
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant. You respond by voice and text."
 MIB = 1024 * 1024
+# Sized for the smallest Flex Consumption instance (512 MB): about 125 MiB for the process and 40 to
+# 55 MiB at the peak of each answer to a 25 MiB spoken question (benchmarks/spoken_parallel.py). The
+# Bicep sets it from the instance memory.
+DEFAULT_MAX_CONCURRENT_SESSIONS = 4
 # MPEG-2 Layer III bitrates (24 kHz is an MPEG-2 sample rate).
 MP3_BITRATES_KBPS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
 
@@ -70,12 +74,17 @@ class Settings(BaseSettings):
     audio_url_ttl_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
     audio_block_size_bytes: int = Field(1 * MIB, ge=64 * 1024, le=100 * MIB)
     # the answer
+    max_concurrent_sessions: int = Field(DEFAULT_MAX_CONCURRENT_SESSIONS, ge=1, le=1000)
     realtime_timeout_seconds: float = Field(120.0, gt=0, le=600)
     realtime_instructions: str = Field(DEFAULT_INSTRUCTIONS, min_length=1)
     realtime_voice: Voice = "alloy"
     realtime_speed: float = Field(1.0, ge=0.25, le=1.5)
     realtime_max_output_tokens: int | None = Field(None, ge=1, le=4096)
     realtime_transcription_model: str = Field("whisper-1", min_length=1)
+    # spare sessions: opened in advance so that a request skips the handshake (see `spares`)
+    realtime_spare_sessions: int = Field(0, ge=0, le=8)
+    realtime_spare_max_age_seconds: float = Field(600.0, ge=1, le=1500)
+    realtime_spare_idle_seconds: float = Field(300.0, ge=1, le=3600)
     audio_mp3_bitrate_kbps: int = 48
     # spoken questions
     audio_input_max_bytes: int = Field(25 * MIB, ge=64 * 1024, le=100 * MIB)

@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,22 +37,39 @@ from .errors import IdentityUnavailable, ServiceError, StorageUnavailable
 HEADER_BLOCK_ID = f"{0:08d}"
 # The smallest block staged while audio streams: at real-time pace (48 kB/s) about one per second.
 MIN_BLOCK_BYTES = 64 * 1024
+# A key's and a URL's validity start this far in the past: a local clock ahead of Storage's must not
+# make them valid only from a moment Storage has not reached yet.
 CLOCK_SKEW = timedelta(minutes=5)
-KEY_RENEWAL_MARGIN = timedelta(hours=1)
-MAX_KEY_LIFETIME = timedelta(days=7)
+# Storage refuses a user-delegation key that expires more than 7 days after its own clock's now: keys
+# are asked for an hour less, so a local clock somewhat ahead does not fail every key request.
+MAX_KEY_LIFETIME = timedelta(days=7) - timedelta(hours=1)
+# One key signs the URLs of this long; then the next is fetched.
+KEY_WINDOW = timedelta(hours=1)
 # Connections to Blob Storage kept open at once. Each TLS connection holds about 300 KiB (asyncio's
 # 256 KiB read buffer and the TLS state); aiohttp's default of 100 let bursts keep 60 or more alive.
 # A request holds a connection only while one storage call is under way, two at most at a time.
 MAX_STORAGE_CONNECTIONS = 32
+CONNECT_TIMEOUT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 30.0  # a whole block's upload included
+# A stored file is read in GETs of at most this much (the SDK's defaults, 32 MiB for the first GET and
+# 4 MiB after it, would hold a whole 10-minute WAV in memory at once).
+READ_PIECE_BYTES = 1024 * 1024
 
 
-def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> BlobServiceClient:
+def blob_service_client(
+    account_url: str,
+    credential: AsyncTokenCredential,
+    *,
+    connection_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    read_timeout: float = READ_TIMEOUT_SECONDS,
+) -> BlobServiceClient:
     """The process-wide client, failing fast when storage is down.
 
     The SDK's default retry waits about 15, 18 and 24 s between attempts, so an outage would use up
     the request's deadline (a 504) instead of answering 503 in a few seconds. Here: two retries about
     a second apart (full jitter), 5 s to connect, 30 s for a response (a whole block included), and
-    at most `MAX_STORAGE_CONNECTIONS` connections. Call it from the event loop that will use it.
+    at most `MAX_STORAGE_CONNECTIONS` connections, and reads of `READ_PIECE_BYTES` at a time. Call it
+    from the event loop that will use it.
     """
     # The session the SDK would make, with a bounded connection pool.
     session = aiohttp.ClientSession(
@@ -60,14 +78,27 @@ def blob_service_client(account_url: str, credential: AsyncTokenCredential) -> B
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
     )
+    # The timeouts belong to the transport: the client's own timeout arguments do not reach a transport
+    # that is passed in (it would keep azure-core's 300 s).
+    transport = AioHttpTransport(
+        session=session,
+        session_owner=True,
+        connection_timeout=connection_timeout,
+        read_timeout=read_timeout,
+    )
     return BlobServiceClient(
         account_url,
         credential=credential,
-        transport=AioHttpTransport(session=session, session_owner=True),
-        retry_policy=NotedRetry(backoff=1, random_jitter_range=1, retry_total=2),
-        connection_timeout=5,
-        read_timeout=30,
+        transport=transport,
+        retry_policy=fast_failing_retry(),
+        max_single_get_size=READ_PIECE_BYTES,
+        max_chunk_get_size=READ_PIECE_BYTES,
     )
+
+
+def fast_failing_retry() -> NotedRetry:
+    """Two retries about a second apart (full jitter), each failed attempt noted (see `NotedRetry`)."""
+    return NotedRetry(backoff=1, random_jitter_range=1, retry_total=2)
 
 
 class NotedRetry(LinearRetry):
@@ -112,20 +143,73 @@ async def storage_errors(action: str) -> AsyncIterator[None]:
         raise StorageUnavailable(f"Blob Storage failed to {action} (HTTP {status}).") from None
 
 
-class AudioStore:
-    """The audio container: one per process, shared by every request."""
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class UrlSigning:
+    """What a read-only URL signed now uses: a user-delegation key and the URL's validity."""
+
+    key: UserDelegationKey
+    start: datetime
+    expiry: datetime
+
+
+class DelegationKeys:
+    """User-delegation keys for URLs of one lifetime (`url_ttl`): one key per `KEY_WINDOW`, asked for
+    from `CLOCK_SKEW` in the past until the window's last URL has expired, and never more than
+    `MAX_KEY_LIFETIME` ahead. Past about 6 days 22 hours a URL cannot live its whole lifetime (the key
+    ends first): it then lives until its key's end, between 6 days 22 and 23 hours.
+
+    `fetch(start, expiry)` asks Storage for a key; `clock` is the local clock (UTC).
+    """
 
     def __init__(
-        self, service: BlobServiceClient, container: str, block_size: int, url_ttl: timedelta
+        self,
+        fetch: Callable[[datetime, datetime], Awaitable[UserDelegationKey]],
+        url_ttl: timedelta,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._fetch = fetch
+        self._url_ttl = url_ttl
+        self._key_lifetime = min(url_ttl + KEY_WINDOW, MAX_KEY_LIFETIME)
+        self._clock = clock
+        self._key: UserDelegationKey | None = None
+        self._fetched_at = self._key_expiry = datetime.min.replace(tzinfo=UTC)
+        self._lock = asyncio.Lock()
+
+    async def signing(self) -> UrlSigning:
+        """The key for a URL signed now (the window's, or a new one) and that URL's validity."""
+        now = self._clock().replace(microsecond=0)  # a SAS and a key's times have whole seconds
+        async with self._lock:
+            if self._key is None or not self._fetched_at <= now < self._fetched_at + KEY_WINDOW:
+                expiry = now + self._key_lifetime
+                self._key = await self._fetch(now - CLOCK_SKEW, expiry)
+                self._fetched_at, self._key_expiry = now, expiry
+            return UrlSigning(self._key, now - CLOCK_SKEW, min(now + self._url_ttl, self._key_expiry))
+
+
+class AudioStore:
+    """The audio container: one per process, shared by every request. `clock` signs its URLs."""
+
+    def __init__(
+        self,
+        service: BlobServiceClient,
+        container: str,
+        block_size: int,
+        url_ttl: timedelta,
+        clock: Clock = utc_now,
     ) -> None:
         self._service = service
         self._container = service.get_container_client(container)
         self._block_size = block_size
-        self._url_ttl = url_ttl
         self._ready: asyncio.Task[None] | None = None
-        self._key: UserDelegationKey | None = None
-        self._key_expiry = datetime.min.replace(tzinfo=UTC)
-        self._key_lock = asyncio.Lock()
+        self._url_ttl = url_ttl
+        self._keys = DelegationKeys(self._fetch_delegation_key, url_ttl, clock)
 
     @property
     def container_name(self) -> str:
@@ -150,11 +234,18 @@ class AudioStore:
         must not cancel the preparation every other request is waiting for."""
         await asyncio.shield(self.prepare())
 
+    async def check(self) -> None:
+        """Whether storage answers now: one cheap authenticated call (the container's properties),
+        not retried, after the one-time preparation."""
+        await self.ready()
+        async with storage_errors("read the audio container's properties"):
+            await self._container.get_container_properties(retry_total=0)
+
     async def _prepare(self) -> None:
         async with storage_errors("create the audio container"):
             with suppress(ResourceExistsError):
                 await self._container.create_container()
-        await self._delegation_key(valid_until=datetime.now(UTC) + self._url_ttl)
+        await self._keys.signing()
 
     def writer(self, blob_name: str, content_type: str) -> BlockBlobWriter:
         """A writer for a new blob; nothing is visible until its commit."""
@@ -179,14 +270,32 @@ class AudioStore:
                 return False
         return True
 
+    @property
+    def url_ttl(self) -> timedelta:
+        """How long a read URL is valid at most (AUDIO_URL_TTL_MINUTES)."""
+        return self._url_ttl
+
     async def load_record(self, blob_name: str) -> dict[str, Any] | None:
         """A stored record, or None when there is none."""
+        stored = await self.load_record_written(blob_name)
+        return None if stored is None else stored[0]
+
+    async def load_record_written(self, blob_name: str) -> tuple[dict[str, Any], datetime] | None:
+        """A stored record and when it was written, or None when there is none."""
         async with storage_errors("read a request record"):
             try:
                 downloader = await self._container.download_blob(blob_name)
             except ResourceNotFoundError:
                 return None
-            return json.loads(await downloader.readall())
+            return json.loads(await downloader.readall()), downloader.properties.last_modified
+
+    async def read(self, blob_name: str, offset: int = 0) -> AsyncIterator[bytes]:
+        """A stored blob from `offset`, piece by piece as it downloads (bounded memory)."""
+        async with storage_errors("read an audio file"):
+            downloader = await self._container.download_blob(blob_name, offset=offset)
+        async with storage_errors("read an audio file"):
+            async for chunk in downloader.chunks():
+                yield chunk
 
     async def delete(self, blob_name: str) -> None:
         async with storage_errors("delete a blob"):
@@ -195,35 +304,26 @@ class AudioStore:
 
     async def read_url(self, blob_name: str, download_name: str, content_type: str) -> tuple[str, datetime]:
         """A read-only user-delegation SAS URL for the blob, and when it expires."""
-        now = datetime.now(UTC)
-        expires_at = (now + self._url_ttl).replace(microsecond=0)
-        key = await self._delegation_key(valid_until=expires_at)
+        signing = await self._keys.signing()
         https = self._service.url.startswith("https:")
         sas = generate_blob_sas(
             account_name=self._service.account_name,
             container_name=self.container_name,
             blob_name=blob_name,
-            user_delegation_key=key,
+            user_delegation_key=signing.key,
             permission=BlobSasPermissions(read=True),
-            start=now - CLOCK_SKEW,
-            expiry=expires_at,
+            start=signing.start,
+            expiry=signing.expiry,
             protocol="https" if https else None,
             content_disposition=f'attachment; filename="{download_name}"',
             content_type=content_type,
         )
         blob_url = self._container.get_blob_client(blob_name).url
-        return f"{blob_url}?{sas}", expires_at
+        return f"{blob_url}?{sas}", signing.expiry
 
-    async def _delegation_key(self, valid_until: datetime) -> UserDelegationKey:
-        """The cached user-delegation key, renewed well before it could outlive a SAS."""
-        async with self._key_lock:
-            if self._key is None or self._key_expiry < valid_until + KEY_RENEWAL_MARGIN:
-                start = datetime.now(UTC)
-                expiry = start + min(MAX_KEY_LIFETIME, self._url_ttl + timedelta(days=1))
-                async with storage_errors("get a user delegation key"):
-                    self._key = await self._service.get_user_delegation_key(start, expiry)
-                self._key_expiry = expiry
-            return self._key
+    async def _fetch_delegation_key(self, start: datetime, expiry: datetime) -> UserDelegationKey:
+        async with storage_errors("get a user delegation key"):
+            return await self._service.get_user_delegation_key(start, expiry)
 
 
 class BlockBlobWriter:
@@ -258,9 +358,15 @@ class BlockBlobWriter:
         self._finished: asyncio.Task[Any] | None = None
 
     async def write(self, chunk: bytes) -> None:
-        """Append the next bytes of the body."""
+        """Append the next bytes of the body. A chunk larger than a block (a spoken question as
+        received) is taken a block at a time: one huge stage would be copied whole into the
+        connection's send buffers."""
         if self._header is not None:
             raise RuntimeError("body written after its end")
+        if len(chunk) > self._block_size:
+            for start in range(0, len(chunk), self._block_size):
+                await self.write(chunk[start : start + self._block_size])
+            return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered >= self._block_size:
@@ -324,8 +430,9 @@ class BlockBlobWriter:
             self._in_flight.discard(task)
 
     def _take_buffered(self, head: bytes = b"") -> bytes:
-        """`head` and the buffered body as one bytes object; the chunks are let go."""
-        data = b"".join([head, *self._chunks])
+        """`head` and the buffered body as one bytes object (a single chunk as it is, not copied); the
+        chunks are let go."""
+        data = b"".join([head, *self._chunks] if head else self._chunks)
         self._chunks.clear()
         self._buffered = 0
         return data

@@ -3,20 +3,30 @@ kind and a corpus of bad ones, each with the error, status and problem code it m
 
 Deterministic: the same call returns the same bytes (libsndfile's random Ogg serial number and the
 time in its float WAVs' PEAK chunk are fixed). End-to-end tests can use `bad_inputs(max_seconds=...)`
-with the service's AUDIO_INPUT_MAX_SECONDS, and `good_inputs()`.
+with the service's AUDIO_INPUT_MAX_SECONDS, `bad_requests(max_bytes=...)` with its
+AUDIO_INPUT_MAX_BYTES, and `good_inputs()`.
+
+Non-finite samples (NaN, infinities) can only be stored in a float WAV (float32 or float64, plain or
+WAVE_FORMAT_EXTENSIBLE): FLAC holds integers only, MP3, Vorbis and Opus hold coded spectra, G.711
+holds 8-bit codes, and the containers that hold float samples besides WAV (AIFF-C, CAF, AU, Wave64,
+RF64) are refused before anything is decoded.
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import lameenc
 import numpy as np
 import soundfile as sf
 
 from realtime_speech.errors import InvalidRequest, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from realtime_speech.models import MAX_BODY_BYTES
 from realtime_speech.wav import PcmFormat, wav_header
 
 OGG_SERIAL = 0x5EED
@@ -29,6 +39,27 @@ class BadAudio:
     content_type: str | None
     error: type[ServiceError]
     detail: str  # words the problem's detail must contain
+
+    @property
+    def status(self) -> int:
+        return self.error.status
+
+    @property
+    def code(self) -> str:
+        return self.error.code
+
+
+@dataclass(frozen=True)
+class BadSpokenRequest:
+    """A whole request to `POST /api/speech` (body, content type, query, headers) and its problem."""
+
+    name: str
+    body: bytes
+    content_type: str
+    error: type[ServiceError]
+    detail: str  # words the problem's detail must contain
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def status(self) -> int:
@@ -164,6 +195,7 @@ def bad_inputs(max_seconds: float = 5.0) -> list[BadAudio]:
         BadAudio("aac-detected", b"\xff\xf1\x50\x80" + noise, None, UnsupportedMediaType, "AAC"),
         BadAudio("webm-detected", b"\x1a\x45\xdf\xa3" + noise, None, UnsupportedMediaType, "WebM"),
         BadAudio("amr-detected", b"#!AMR\n" + noise, None, UnsupportedMediaType, "AMR"),
+        BadAudio("empty-aac", b"", "audio/aac", UnsupportedMediaType, "content type"),
         *(
             BadAudio(
                 f"{container.lower()}-detected",
@@ -257,6 +289,15 @@ def bad_inputs(max_seconds: float = 5.0) -> list[BadAudio]:
             InvalidRequest,
             "G.711",
         ),
+        BadAudio(
+            "mulaw-6-channels",
+            encode(speech_like(0.2, 8_000, 6), 8_000, "WAV", "ULAW"),
+            "audio/wav",
+            InvalidRequest,
+            "G.711",
+        ),
+        # samples that are not numbers: the file is corrupt
+        *_non_finite_cases(),
         # codecs not taken
         BadAudio(
             "wav-ima-adpcm",
@@ -285,6 +326,9 @@ def bad_inputs(max_seconds: float = 5.0) -> list[BadAudio]:
         BadAudio("flac-unknown-length", _without_flac_length(flac), "audio/flac", InvalidRequest, "length"),
         BadAudio("flac-truncated", flac[: len(flac) // 2], "audio/flac", InvalidRequest, "FLAC"),
         BadAudio("ogg-truncated", vorbis[: len(vorbis) * 9 // 10], "audio/ogg", InvalidRequest, "truncated"),
+        # broken before its codec can be told: broken (400), not an unknown codec (415)
+        BadAudio("ogg-garbage", b"OggS" + noise, "audio/ogg", InvalidRequest, "The Ogg audio is"),
+        BadAudio("ogg-cut-in-first-page", vorbis[:20], None, InvalidRequest, "malformed"),
         BadAudio(
             "ogg-no-frames",
             encode(np.zeros((0, 1), np.float32), 16_000, "OGG", "VORBIS"),
@@ -294,6 +338,28 @@ def bad_inputs(max_seconds: float = 5.0) -> list[BadAudio]:
         ),
         BadAudio("mp3-truncated", mp3[: len(mp3) // 2], "audio/mpeg", InvalidRequest, "truncated"),
         BadAudio("mp3-id3-only", _id3_tag(), "audio/mpeg", InvalidRequest, "MP3"),
+        # a header that declares more than the file holds: the file is short, not too long
+        BadAudio(
+            "flac-declares-too-long",
+            _with_flac_length(flac, int(long_seconds * 16_000)),
+            "audio/flac",
+            InvalidRequest,
+            "could not be decoded",  # libsndfile fails to read past the end
+        ),
+        BadAudio(
+            "mp3-declares-too-long",
+            _with_xing_frames(mp3, int(long_seconds * 16_000 / 576) + 100),
+            "audio/mpeg",
+            InvalidRequest,
+            "truncated",
+        ),
+        BadAudio(
+            "ogg-declares-too-long",
+            _with_last_granule(vorbis, int(long_seconds * 16_000)),
+            "audio/ogg",
+            InvalidRequest,
+            "truncated",
+        ),
         # too long
         BadAudio(
             "wav-too-long",
@@ -320,6 +386,161 @@ def bad_inputs(max_seconds: float = 5.0) -> list[BadAudio]:
     names = [case.name for case in cases]
     assert len(set(names)) == len(names), "case names must be unique"
     return cases
+
+
+def _non_finite_cases() -> list[BadAudio]:
+    """Float WAVs (32 and 64-bit, plain and extensible, mono and stereo, with and without resampling)
+    holding NaN, +inf, -inf or a double beyond the float range; one as base64 in JSON."""
+    mono, stereo = speech_like(0.5, 16_000), speech_like(2.0, 48_000, 2)
+    cases = [
+        ("wav-float-nan", mono, 16_000, "WAV", "FLOAT", {(4_000, 0): np.nan}, "audio/wav"),
+        ("wav-float-inf", mono, 16_000, "WAV", "FLOAT", {(10, 0): np.inf}, "audio/wav"),
+        ("wav-float-minus-inf", mono, 16_000, "WAV", "FLOAT", {(7_999, 0): -np.inf}, "audio/wav"),
+        ("wav-float-nan-24k", speech_like(0.5, 24_000), 24_000, "WAV", "FLOAT", {(0, 0): np.nan}, None),
+        ("wav-double-nan", mono, 16_000, "WAV", "DOUBLE", {(123, 0): np.nan}, "audio/wav"),
+        ("wav-double-inf", mono, 16_000, "WAV", "DOUBLE", {(4_567, 0): np.inf}, "audio/wav"),
+        ("wav-double-beyond-float", mono, 16_000, "WAV", "DOUBLE", {(42, 0): -1e300}, "audio/wav"),
+        ("wavex-float-inf", mono, 16_000, "WAVEX", "FLOAT", {(300, 0): np.inf}, "audio/wav"),
+        # in the right channel of the second block decoded; left + right would be NaN once mixed
+        ("wav-float-stereo-late", stereo, 48_000, "WAV", "FLOAT", {(90_000, 1): np.inf}, "audio/wav"),
+        (
+            "wav-float-stereo-opposite-infinities",
+            stereo,
+            48_000,
+            "WAV",
+            "FLOAT",
+            {(5, 0): np.inf, (5, 1): -np.inf},
+            "audio/wav",
+        ),
+    ]
+    return [
+        BadAudio(
+            name,
+            encode(_spoiled(samples, values), rate, container, subtype),
+            content_type,
+            InvalidRequest,
+            "not finite",
+        )
+        for name, samples, rate, container, subtype, values, content_type in cases
+    ]
+
+
+def _spoiled(samples: np.ndarray, values: Mapping[tuple[int, int], float]) -> np.ndarray:
+    """`samples` as float64 with the given (frame, channel) samples replaced."""
+    spoiled = samples.astype(np.float64)
+    for (frame, channel), value in values.items():
+        spoiled[frame, channel] = value
+    return spoiled
+
+
+def bad_requests(max_bytes: int) -> list[BadSpokenRequest]:
+    """Requests with a spoken question whose real problem a cheaper or louder check could hide: JSON
+    over 64 KiB carrying `audio` and something else wrong (a 400, not a 413 "without audio"), and what
+    is known before the body is read (content type, query options, headers) against a body over its
+    limit. `max_bytes` is the service's AUDIO_INPUT_MAX_BYTES."""
+    wav = encode(speech_like(1.0, 48_000), 48_000, "WAV", "PCM_16")  # base64: over 64 KiB
+    non_finite = _spoiled(speech_like(0.5, 48_000), {(100, 0): np.nan})
+    json_limit = MAX_BODY_BYTES + max_bytes * 4 // 3 + 4
+    over_audio_limit = b"RIFF" + bytes(max_bytes)
+    json_over_its_limit = _audio_json(bytes(max_bytes + MAX_BODY_BYTES))
+    assert len(_audio_json(wav)) > MAX_BODY_BYTES and len(json_over_its_limit) > json_limit
+    cases = [
+        BadSpokenRequest(
+            "large-json-text-and-audio",
+            _audio_json(wav, text="Hi"),
+            "application/json",
+            InvalidRequest,
+            "exactly one",
+        ),
+        BadSpokenRequest(
+            "large-json-unknown-voice",
+            _audio_json(wav, voice="robot"),
+            "application/json",
+            InvalidRequest,
+            "voice",
+        ),
+        BadSpokenRequest(
+            "large-json-speed-as-string",
+            _audio_json(wav, speed="1.0"),
+            "application/json",
+            InvalidRequest,
+            "speed",
+        ),
+        BadSpokenRequest(
+            "large-json-unknown-field",
+            _audio_json(wav, colour="blue"),
+            "application/json",
+            InvalidRequest,
+            "colour",
+        ),
+        BadSpokenRequest(
+            "large-json-audio-not-base64",
+            json.dumps({"audio": "not base64! " * 8_000}).encode(),
+            "application/json",
+            InvalidRequest,
+            "base64",
+        ),
+        BadSpokenRequest(
+            "large-json-cut-short",
+            _audio_json(wav)[:-2],
+            "application/json",
+            InvalidRequest,
+            "not valid JSON",
+        ),
+        BadSpokenRequest(
+            "large-json-non-finite-audio",
+            _audio_json(encode(non_finite, 48_000, "WAV", "FLOAT")),
+            "application/json",
+            InvalidRequest,
+            "not finite",
+        ),
+        BadSpokenRequest(
+            "text-plain-over-the-json-limit",
+            b"x" * (json_limit + 1),
+            "text/plain",
+            UnsupportedMediaType,
+            "content type",
+        ),
+        BadSpokenRequest(
+            "json-over-its-limit-with-query-options",
+            json_over_its_limit,
+            "application/json",
+            InvalidRequest,
+            "Query parameters",
+            query={"format": "mp3"},
+        ),
+        BadSpokenRequest(
+            "raw-audio-over-its-limit-with-an-unknown-voice",
+            over_audio_limit,
+            "audio/wav",
+            InvalidRequest,
+            "voice",
+            query={"voice": "robot"},
+        ),
+        BadSpokenRequest(
+            "raw-audio-over-its-limit-with-text-in-the-query",
+            over_audio_limit,
+            "audio/wav",
+            InvalidRequest,
+            "exactly one",
+            query={"text": "Hi"},
+        ),
+        BadSpokenRequest(
+            "raw-audio-over-its-limit-with-a-malformed-idempotency-key",
+            over_audio_limit,
+            "audio/wav",
+            InvalidRequest,
+            "Idempotency-Key",
+            headers={"Idempotency-Key": "not a token!"},
+        ),
+    ]
+    names = [case.name for case in cases]
+    assert len(set(names)) == len(names), "case names must be unique"
+    return cases
+
+
+def _audio_json(audio: bytes, **fields: object) -> bytes:
+    return json.dumps({"audio": base64.b64encode(audio).decode(), **fields}).encode()
 
 
 def _pcm_wav(pcm: PcmFormat, data: bytes) -> bytes:
@@ -354,8 +575,27 @@ def _streamed_wav(data: bytes) -> bytes:
 
 def _without_flac_length(data: bytes) -> bytes:
     """A FLAC whose STREAMINFO total sample count is 0 (unknown), as written to a pipe."""
+    return _with_flac_length(data, 0)
+
+
+def _with_flac_length(data: bytes, frames: int) -> bytes:
+    """A FLAC whose STREAMINFO declares `frames` frames, whatever it holds."""
     fields = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)  # rate, channels, bits, total
-    return data[:18] + fields.to_bytes(8, "big") + data[26:]
+    return data[:18] + (fields | frames).to_bytes(8, "big") + data[26:]
+
+
+def _with_xing_frames(data: bytes, frames: int) -> bytes:
+    """An MP3 whose Xing/Info header declares `frames` MPEG frames, whatever it holds."""
+    xing = data.find(b"Xing", 0, 200)
+    assert xing > 0 and data[xing + 7] & 1, "libsndfile's MP3 carries a Xing header with a frame count"
+    return data[: xing + 8] + struct.pack(">I", frames) + data[xing + 12 :]
+
+
+def _with_last_granule(data: bytes, granule: int) -> bytes:
+    """An Ogg stream whose last page's granule position (the stream's length) is `granule`."""
+    *pages, last = _ogg_pages(data)
+    struct.pack_into("<q", last, 6, granule)
+    return b"".join([*pages, _with_crc(last)])
 
 
 def _id3_tag() -> bytes:
@@ -368,16 +608,21 @@ def _id3_tag() -> bytes:
 
 def _with_ogg_serial(data: bytes, serial: int) -> bytes:
     """The Ogg pages of `data` with their stream serial number set to `serial` (CRCs recomputed)."""
-    out = bytearray()
+    pages = _ogg_pages(data)
+    for page in pages:
+        struct.pack_into("<I", page, 14, serial)
+    return b"".join(_with_crc(page) for page in pages)
+
+
+def _ogg_pages(data: bytes) -> list[bytearray]:
+    pages = []
     position = 0
     while position < len(data):
         table_end = position + 27 + data[position + 26]
         page_end = table_end + sum(data[position + 27 : table_end])
-        page = bytearray(data[position:page_end])
-        struct.pack_into("<I", page, 14, serial)
-        out += _with_crc(page)
+        pages.append(bytearray(data[position:page_end]))
         position = page_end
-    return bytes(out)
+    return pages
 
 
 def _ogg_page(packet: bytes, *, flags: int) -> bytes:

@@ -23,12 +23,24 @@ import pytest_asyncio
 from azure.identity.aio import ManagedIdentityCredential
 from azure.storage.blob.aio import BlobServiceClient
 
+from devtools import prerequisites
 from devtools.stack import Stack, is_ambient_setting, start_stack
 
 from .speech_client import SpeechClient
 
+# Tests send up to 20 questions at once to one host; the limit itself is tested in test_limits.py.
+TEST_HOST_SETTINGS = {"MAX_CONCURRENT_SESSIONS": "100"}
+
 ClientEnv = Callable[..., AbstractContextManager[dict[str, str]]]
 SpeechHost = Callable[..., AbstractAsyncContextManager[SpeechClient]]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, with one message, when the machine lacks a tool the tests use (`make test` installs
+    them first where it can; a bare `pytest` only checks)."""
+    absent = prerequisites.missing()
+    if absent:
+        pytest.exit(prerequisites.report(absent), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +106,7 @@ async def _speech_client(
 ) -> AsyncIterator[SpeechClient]:
     """A running function host (dev host, own process) with the stack's settings plus `overrides`,
     serving `app` (`module[:attribute]`, default `function_app`)."""
-    host = stack.start_host(overrides, app=app)
+    host = stack.start_host({**TEST_HOST_SETTINGS, **overrides}, app=app)
     client = SpeechClient(
         host_url=host.url,
         emulator_url=stack.openai_endpoint,

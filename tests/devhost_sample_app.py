@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import threading
+from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import azure.functions as func
@@ -22,11 +23,13 @@ SETTING_AT_IMPORT = os.environ.get("SAMPLE_FROM_SETTINGS")
 BINARY_BODY = bytes(range(256)) * 4
 FIRST_EVENT = b"event: first\ndata: 1\n\n"
 LAST_EVENT = b"event: last\ndata: 2\n\n"
-OUTCOME_WAIT_SECONDS = 1.0
+OUTCOME_WAIT_SECONDS = 30.0  # a safety net: /api/outcome answers as soon as the stream has ended
 
 _releases: dict[str, asyncio.Event] = {}
 _outcomes: dict[str, str] = {}
 _ended: dict[str, asyncio.Event] = {}
+# Set once a stream's first event has been taken by the server and it waits for its release (in process).
+first_event_sent: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
 
 def _on_main_thread() -> bool:
@@ -113,6 +116,7 @@ async def _events(stream_id: str) -> AsyncIterator[bytes]:
     outcome = "completed"
     try:
         yield FIRST_EVENT
+        first_event_sent[stream_id].set()
         await _releases[stream_id].wait()
         yield LAST_EVENT
     except asyncio.CancelledError:

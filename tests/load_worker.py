@@ -1,7 +1,7 @@
 """Load in one process: many requests at a fixed concurrency through the real `speech` function.
 
     python -m tests.load_worker [--requests 500] [--concurrency 50]
-    python -m tests.load_worker --pool [--requests 300] [--rounds 3] [--pause-at-phases]
+    python -m tests.load_worker --pool [--requests 300] [--rounds 3]
 
 Run by `tests/test_load.py` with the stack's app settings in the environment from the start, as the
 Functions host runs the app (`SSL_CERT_FILE` must be set before aiohttp is imported). Each request
@@ -21,9 +21,8 @@ handshake it refused, and a backend answers only while every backend of a better
 
 Every answer is checked (good ones byte for byte against the emulator's own record of the audio),
 then one JSON report goes to stdout: counts, statuses, mismatches, asyncio tasks, open sockets per
-peer and memory. Before it, `phase NAME` lines mark the ends of the warm-up and of each part (the
-moments to measure the process from outside); with `--pause-at-phases` the worker then waits for a
-line on stdin before going on. The app's log goes to stderr.
+peer and memory, this last taken at the end of the warm-up and of each part, once every emulator has
+seen its last session close. The app's log goes to stderr.
 
 Only a response's status, its few checked headers and its body are kept (`Outcome`): an
 `httpx.Response` holds its request, URL and header objects, about 70 memory blocks that would look
@@ -64,10 +63,13 @@ from realtime_speech.models import MAX_BODY_BYTES
 STALLS = 5
 HANDSHAKE_REFUSALS = 3  # fewer than pool.CONNECT_ATTEMPTS: every refused request gets through
 WAV_HEADER_BYTES = 44
-SETTLE_SECONDS = 0.5  # for connection closes to settle before counting or measuring
+# How long the emulators may take to see every session of a part closed (a safety net on a busy
+# machine: they answer as soon as the last one is).
+IDLE_WITHIN_SECONDS = 30
 KEPT_HEADERS = ("content-type", "retry-after", "idempotent-replayed")
-# Between an emulator refusing a handshake and the pool cooling that backend (its clock, its loop).
-REFUSAL_SLACK_SECONDS = 0.5
+# Between an emulator refusing a handshake and the pool cooling that backend (its clock, its loop):
+# generous for a busy machine, still well short of a load phase.
+REFUSAL_SLACK_SECONDS = 2.0
 # One cycle of the mix; "keyed" and "keyed_again" share a key and a body.
 CYCLE = (
     "keyed",
@@ -389,28 +391,16 @@ def memory(process: psutil.Process) -> dict[str, float]:
 
 
 class Phases:
-    """Marks the end of each part on stdout (`phase NAME`) and, when asked, waits for a line on stdin
-    (the test measures the process meanwhile); records the worker's own view of memory at each."""
+    """The worker's own view of its memory at the end of each part, once its connections have closed."""
 
-    def __init__(self, process: psutil.Process, pause: bool) -> None:
+    def __init__(self, process: psutil.Process, emulators: Emulators) -> None:
         self._process = process
-        self._pause = pause
-        self._stdin: asyncio.StreamReader | None = None
+        self._emulators = emulators
         self.memory: dict[str, dict[str, float]] = {}
 
     async def mark(self, name: str) -> None:
-        await asyncio.sleep(SETTLE_SECONDS)
-        print(f"phase {name}", flush=True)
-        if self._pause:
-            await (await self._reader()).readline()
+        await self._emulators.each("GET", "/_emulator/stats", params={"wait_idle": IDLE_WITHIN_SECONDS})
         self.memory[name] = memory(self._process)
-
-    async def _reader(self) -> asyncio.StreamReader:
-        if self._stdin is None:
-            self._stdin = asyncio.StreamReader()
-            protocol = asyncio.StreamReaderProtocol(self._stdin)
-            await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, sys.stdin)
-        return self._stdin
 
 
 @dataclass(frozen=True)
@@ -464,14 +454,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "storage": urlsplit(os.environ["AUDIO_STORAGE_ACCOUNT_URL"]).port,
         "identity": urlsplit(os.environ["IDENTITY_ENDPOINT"]).port,
     }
-    phases = Phases(process, args.pause_at_phases)
     report: dict[str, Any] = {"requests": len(run.cases), "concurrency": args.concurrency}
     report["tasks_before"] = len(asyncio.all_tasks())
     report["sockets_before"] = sockets_by_peer(process, peers)
-    phases.memory["start"] = memory(process)
+    start_memory = memory(process)
     driver = FunctionDriver()
     async with driver, aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as control:
         emulators = Emulators(control)
+        phases = Phases(process, emulators)
+        phases.memory["start"] = start_memory
         stats_before = await emulators.each("GET", "/_emulator/stats")
         await emulators.each("DELETE", "/_emulator/admissions")
         started = time.perf_counter()
@@ -550,9 +541,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--pool", action="store_true", help="the pool of AZURE_OPENAI_BACKENDS")
     parser.add_argument("--rounds", type=int, default=1, help="with --pool: rounds after the warm-up")
-    parser.add_argument(
-        "--pause-at-phases", action="store_true", help="wait for a line on stdin after each phase mark"
-    )
     return parser.parse_args()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -20,6 +21,11 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from devtools.process import ServiceProcess
 
 Response = tuple[int, Any, "aiohttp.typedefs.LooseHeaders"]
+# How long the app may take to close its realtime connections after a request ended, on a busy machine.
+SESSIONS_CLOSE_WITHIN_SECONDS = 30
+OUTCOME_LOGGED_WITHIN_SECONDS = 30
+LOG_POLL_SECONDS = 0.05
+OUTCOME_LINE = re.compile(r"\bspeech (\{.*\})$", re.MULTILINE)  # realtime_speech.http.Outcome.record
 
 
 @dataclass
@@ -32,6 +38,8 @@ class EventStream:
     events: list[dict[str, Any]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
+    comments_at: list[tuple[int, float]] = field(default_factory=list)
+    """For each comment: how many events came before it, and the seconds after the request."""
     problem: Any = None
 
     @property
@@ -114,6 +122,7 @@ class SpeechClient:
                 line = raw.decode().rstrip("\r\n")
                 if line.startswith(":"):
                     result.comments.append(line[1:].strip())
+                    result.comments_at.append((len(result.events), time.perf_counter() - started))
                 elif line:
                     name, _, value = line.partition(":")
                     fields[name] = value.removeprefix(" ")
@@ -139,13 +148,23 @@ class SpeechClient:
         async with self.http.put(url, data=data, headers=headers, ssl=self.tls) as response:
             return response.status
 
+    async def request_outcome(self, request_id: str) -> dict[str, Any]:
+        """The host's log line for `request_id` (`speech {...}`), written once that request has ended.
+
+        The log file is read until the line appears (a log has no event to wait on); the bound is a
+        safety net for a busy machine, not a timing limit."""
+        assert self.host is not None, "the client has no host of its own"
+        deadline = time.monotonic() + OUTCOME_LOGGED_WITHIN_SECONDS
+        while True:
+            for logged in OUTCOME_LINE.findall(self.host.log_path.read_text(errors="replace")):
+                outcome = json.loads(logged)
+                if outcome.get("request_id") == request_id:
+                    return outcome
+            assert time.monotonic() < deadline, f"no outcome logged for request {request_id}"
+            await asyncio.sleep(LOG_POLL_SECONDS)
+
     async def emulator_sessions(self) -> list[dict[str, Any]]:
         async with self.http.get(f"{self.emulator_url}/_emulator/sessions") as response:
-            assert response.status == 200
-            return await response.json()
-
-    async def emulator_stats(self) -> dict[str, Any]:
-        async with self.http.get(f"{self.emulator_url}/_emulator/stats") as response:
             assert response.status == 200
             return await response.json()
 
@@ -155,14 +174,24 @@ class SpeechClient:
         async with self.http.post(f"{self.emulator_url}/_emulator/handshake-faults", json=fault) as response:
             assert response.status == 200, await response.text()
 
+    async def script_sessions(self, scenario: str, count: int) -> None:
+        """Make the emulator's next `count` sessions follow `scenario` (e.g. `error_mid`)."""
+        fault = {"scenario": scenario, "count": count}
+        async with self.http.post(f"{self.emulator_url}/_emulator/scenario-faults", json=fault) as response:
+            assert response.status == 200, await response.text()
+
+    async def emulator_stats(self, wait_idle: float = 0) -> dict[str, Any]:
+        """The emulator's counters; with `wait_idle`, once no session is open (or after that many s)."""
+        query = f"?wait_idle={wait_idle}" if wait_idle else ""
+        async with self.http.get(f"{self.emulator_url}/_emulator/stats{query}") as response:
+            assert response.status == 200
+            return await response.json()
+
     async def assert_sessions_closed(self) -> None:
-        """Within 5 s the emulator has no connection open: the app closed every one it opened."""
-        for _ in range(100):
-            stats = await self.emulator_stats()
-            if stats["connections_open"] == 0:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"realtime connections left open: {stats}")
+        """The app closed every realtime connection it opened: the emulator goes idle (the wait is
+        only a safety net; the emulator answers as soon as its last session ends)."""
+        stats = await self.emulator_stats(wait_idle=SESSIONS_CLOSE_WITHIN_SECONDS)
+        assert stats["connections_open"] == 0, f"realtime connections left open: {stats}"
 
     async def emulator_session(self, user_text: str) -> dict[str, Any]:
         """The one emulator session that was asked `user_text`."""

@@ -11,7 +11,7 @@ import soundfile as sf
 import soxr
 
 from realtime_speech.audio_input import decode_question
-from realtime_speech.errors import ServiceError
+from realtime_speech.errors import InvalidRequest, ServiceError
 
 from .audio_corpus import BadAudio, GoodAudio, bad_inputs, encode, good_inputs, speech_like
 
@@ -49,6 +49,29 @@ def test_good_audio_is_what_soxr_makes_of_its_decoded_samples(good: GoodAudio) -
     expected = _reference_pcm(good.data)
     assert np.array_equal(np.frombuffer(question.audio, "<i2"), expected)
     assert question.duration_seconds == len(expected) / 24_000
+
+
+@pytest.mark.parametrize(
+    "good", [good for good in GOOD if good.session_type == "audio/pcm"], ids=lambda g: g.name
+)
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "minus-inf"])
+def test_a_non_finite_sample_from_any_decoder_is_refused(
+    monkeypatch: pytest.MonkeyPatch, good: GoodAudio, value: float
+) -> None:
+    """Only a float WAV can store a NaN, but the check is on what every decoder gives (FLAC, MP3,
+    Vorbis, Opus): their output is spoiled after decoding, before the service sees it."""
+    read = sf.SoundFile.read
+
+    def spoiled_read(audio: sf.SoundFile, *args: object, **kwargs: object) -> np.ndarray:
+        block = read(audio, *args, **kwargs)
+        if len(block):
+            block[len(block) // 2, -1] = value
+        return block
+
+    monkeypatch.setattr(sf.SoundFile, "read", spoiled_read)
+    with pytest.raises(InvalidRequest) as raised:
+        decode_question(good.data, good.content_type, max_seconds=MAX_SECONDS)
+    assert "not finite" in raised.value.detail
 
 
 @pytest.mark.parametrize(("subtype", "session_type"), [("ULAW", "audio/pcmu"), ("ALAW", "audio/pcma")])

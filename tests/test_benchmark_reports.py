@@ -4,6 +4,8 @@ registry, the summaries and the generated part of RESULTS.md."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import get_type_hints
@@ -13,6 +15,7 @@ import pytest
 
 from benchmarks import markdown, records, summaries
 from benchmarks.registry import BENCHMARKS
+from benchmarks.run import Workers
 
 HERE = Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS_TEXT = (HERE / "results.json").read_text()
@@ -50,6 +53,7 @@ def test_results_are_merged_from_their_parts(results: records.Results) -> None:
         machine=results.machine,
         plan=results.plan,
         runtime_seconds=results.runtime_seconds,
+        machine_load=results.machine_load,
     )
     assert rebuilt == results
 
@@ -128,6 +132,39 @@ def test_first_audio_compares_medians_and_leaves_failures_out() -> None:
     assert summary.sse_minus_json_total == 0.0
 
 
+def _chat_sample(kind: records.ChatKind, first: float | None, ok: bool = True) -> records.ChatSample:
+    return records.ChatSample(kind=kind, round=0, first_audio_ms=first, ok=ok)
+
+
+def test_chat_completions_compare_medians_and_the_long_answers_extra_growth() -> None:
+    measured = records.ChatCompletions(
+        seconds=10.0,
+        pace=1.0,
+        history_turns=10,
+        samples=[
+            _chat_sample("chat", 40.0),
+            _chat_sample("chat", 44.0),
+            _chat_sample("chat", None, ok=False),
+            _chat_sample("sse", 41.0),
+            _chat_sample("bare", 38.0),
+            _chat_sample("chat_history", 52.0),
+        ],
+        short_seconds=10.0,
+        short_before_rss=100 * records.MIB,
+        short_peak_rss=104 * records.MIB,
+        long_seconds=600.0,
+        long_before_rss=101 * records.MIB,
+        long_peak_rss=113 * records.MIB,
+        long_body_bytes=38 * records.MIB,
+    )
+    process = records.Process(settings={}, spawned_epoch=0.0, import_ms=0.0, import_peak_rss=0)
+    summary = summaries.chat_summary(records.merge(records.ChatCompletionsRun, measured, process))
+    assert summary.failures == 1
+    assert summary.minus_bare("chat") == 4.0 and summary.minus_bare("sse") == 3.0
+    assert summary.history_cost == 10.0
+    assert summary.long_over_short == 8 * records.MIB
+
+
 def test_pool_scaling_is_the_throughput_ratio_over_all_rounds(results: records.Results) -> None:
     runs = results.backend_pool
     one = [run for run in runs if run.backends == 1]
@@ -180,9 +217,30 @@ def test_an_older_results_json_without_the_new_benchmarks_still_loads_and_render
         "audio_decoding",
         "backend_pool",
         "telemetry",
+        "chat_completions",
+        "machine_load",
     ):
         del data[name]
     older = records.parse(records.Results, data)
-    assert older.first_audio == [] and older.telemetry == []
+    assert older.first_audio == [] and older.telemetry == [] and older.machine_load == {}
     rendered = markdown.render(older)
     assert "Time to first audio" not in rendered and "## Targets" in rendered
+    assert "Machine load while it ran: not in results.json" in rendered
+
+
+def test_every_section_says_how_busy_the_machine_was(results: records.Results) -> None:
+    loads = {name: [1.0 + index, 3.0] for index, name in enumerate(BENCHMARKS)}
+    rendered = markdown.render(replace(results, machine_load=loads))
+    sections = rendered.split("\n## ")[2:]  # after the run and the targets
+    assert len(sections) == 11
+    for section in sections:
+        assert "\nMachine load while it ran: 1-minute load average " in section, section[:80]
+    assert "load average 2.0 to 3.0, median 2.5 (2 readings), on 2 CPUs." in sections[0]  # latency
+    assert "load average 3.0 to 5.0, median 3.5 (4 readings), on 2 CPUs." in sections[2]  # with storage
+
+
+def test_a_worker_run_reads_the_load_as_it_starts_and_ends() -> None:
+    readings: list[float] = []
+    worker = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert Workers._wait_reading_load(worker, readings) == 0
+    assert len(readings) == 2 and all(reading >= 0 for reading in readings)

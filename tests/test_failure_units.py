@@ -12,6 +12,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
 from realtime_speech.errors import (
+    BackendAccessDenied,
+    BackendMisconfigured,
+    DeploymentNotFound,
     InvalidRequest,
     ServiceError,
     UpstreamAuthFailed,
@@ -27,8 +30,12 @@ from realtime_speech.realtime import _error_event, connect_error
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2NvZ25pdGl2ZSJ9.c2lnbmF0dXJlLXZhbHVl"
 
 
-def refused(status: int, retry_after: str | None = None) -> InvalidStatus:
-    headers = Headers({"Retry-After": retry_after} if retry_after is not None else {})
+def refused(status: int, retry_after: str | None = None, retry_after_ms: str | None = None) -> InvalidStatus:
+    headers = Headers()
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    if retry_after_ms is not None:
+        headers["retry-after-ms"] = retry_after_ms
     return InvalidStatus(Response(status, "refused", headers))
 
 
@@ -36,9 +43,14 @@ def refused(status: int, retry_after: str | None = None) -> InvalidStatus:
     ("exc", "expected", "retry_after"),
     [
         (refused(401), UpstreamAuthFailed, None),
-        (refused(403), UpstreamAuthFailed, None),
-        (refused(404), UpstreamFailed, None),
+        (refused(403), BackendAccessDenied, None),
+        (refused(404), DeploymentNotFound, None),
+        (refused(400), UpstreamFailed, None),
         (refused(429, "0"), UpstreamRateLimited, 0.0),
+        (refused(429, "1", "250"), UpstreamRateLimited, 0.25),
+        (refused(429, retry_after_ms="1500"), UpstreamRateLimited, 1.5),
+        (refused(429, "2", "soon"), UpstreamRateLimited, 2.0),
+        (refused(503, "3", "2500"), UpstreamUnavailable, 2.5),
         (refused(429), UpstreamRateLimited, 5.0),
         (refused(503, "7"), UpstreamUnavailable, 7.0),
         (refused(500), UpstreamUnavailable, 5.0),
@@ -57,6 +69,20 @@ def test_handshake_failures_map_to_their_errors(
 def test_401_and_403_say_which_side_is_wrong() -> None:
     assert "token" in connect_error(refused(401)).detail
     assert "role" in connect_error(refused(403)).detail
+
+
+def test_only_a_403_or_404_says_the_backend_is_misconfigured() -> None:
+    """A 401 is the app's own credential, the same token for every backend: not one backend's fault."""
+    misconfigured = {
+        status: isinstance(connect_error(refused(status)), BackendMisconfigured)
+        for status in (400, 401, 403, 404)
+    }
+    assert misconfigured == {400: False, 401: False, 403: True, 404: True}
+    assert (connect_error(refused(403)).status, connect_error(refused(403)).code) == (
+        502,
+        "upstream-auth-failed",
+    )
+    assert (connect_error(refused(404)).status, connect_error(refused(404)).code) == (502, "upstream-failed")
 
 
 def test_every_error_a_caller_should_retry_later_carries_retry_after() -> None:

@@ -9,10 +9,13 @@ from uuid import uuid4
 
 import pytest
 
+from .conftest import SpeechHost
 from .speech_client import SpeechClient, assert_problem
 from .test_speech_api import parse_wav, unique_text
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SHORT_DEADLINE_SECONDS = 8
 
 
 def new_key() -> dict[str, str]:
@@ -77,6 +80,24 @@ async def test_a_failed_first_attempt_is_not_kept(speech: SpeechClient) -> None:
     session = await speech.emulator_session(text)
     _, pcm = parse_wav(await speech.download(body["audio_url"]))
     assert hashlib.sha256(pcm).hexdigest() == session["audio_sha256"]
+
+
+@pytest.mark.parametrize("scenario", ["error_mid", "drop"])
+async def test_a_failure_after_the_session_opened_leaves_the_key_free_for_a_retry(
+    speech_host: SpeechHost, scenario: str
+) -> None:
+    """The answer fails in its own task, after `start` has returned: the key is settled there, so an
+    immediate retry opens a new session instead of waiting for the deadline on an owner that is gone."""
+    async with speech_host(REALTIME_TIMEOUT_SECONDS=str(SHORT_DEADLINE_SECONDS)) as speech:
+        text, key = unique_text(), new_key()
+        await speech.script_sessions(scenario, 1)
+        assert_problem(await speech.post({"text": text}, headers=key), 502, "upstream-failed")
+        status, body, headers = await speech.post({"text": text}, headers=key)
+        assert status == 200, body
+        assert "Idempotent-Replayed" not in headers
+        sessions = [s for s in await speech.emulator_sessions() if s["user_text"] == text]
+        assert [session["scenario"] for session in sessions] == [scenario, "normal"]
+        assert await speech.download(body["audio_url"])
 
 
 async def test_another_instance_replays_the_kept_result(

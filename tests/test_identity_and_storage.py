@@ -411,7 +411,7 @@ time.sleep(60)
 """
 
 
-def _gone(pid: int, timeout: float = 5.0) -> bool:
+def _gone(pid: int, timeout: float = 30.0) -> bool:
     """True once `pid` no longer runs (a zombie waiting for init to reap it counts as gone)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -392,6 +392,13 @@ MUTATIONS = {
         "openai_pool",
         "the pool's appPrincipalId",
     ),
+    "extra accounts without the transcription deployment": Mutation(
+        OPENAI_POOL,
+        "    createTranscriptionDeployment: true\n",
+        "    createTranscriptionDeployment: false\n",
+        "openai_pool",
+        "needs the transcription deployment",
+    ),
     "extra accounts with another model": Mutation(
         OPENAI_POOL,
         "    modelName: modelName\n",
@@ -503,6 +510,27 @@ MUTATIONS = {
         "defaults",
         "<= 1.5",
     ),
+    "no spare session deployed": Mutation(
+        MAIN,
+        "realtimeSpareSessions int = 1",
+        "realtimeSpareSessions int = 0",
+        "defaults",
+        "REALTIME_SPARE_SESSIONS: Bicep default 0 (realtimeSpareSessions) must be the deployed default 1",
+    ),
+    "more spares than the code takes": Mutation(
+        MAIN,
+        "@maxValue(8)\nparam realtimeSpareSessions",
+        "@maxValue(16)\nparam realtimeSpareSessions",
+        "defaults",
+        "realtimeSpareSessions: @maxValue must be <= 8",
+    ),
+    "spares older than a session lives": Mutation(
+        MAIN,
+        "@maxValue(1500)\nparam realtimeSpareMaxAgeSeconds",
+        "@maxValue(1800)\nparam realtimeSpareMaxAgeSeconds",
+        "defaults",
+        "realtimeSpareMaxAgeSeconds: @maxValue must be <= 1500",
+    ),
     "max tokens always set": Mutation(
         MAIN, "realtimeMaxOutputTokens int = 0", "realtimeMaxOutputTokens int = 4096", "defaults", "must be 0"
     ),
@@ -578,6 +606,20 @@ MUTATIONS = {
         LOGGER_NAME.replace("realtime_speech", "azure"),
         "telemetry",
         "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: must be 'realtime_speech'",
+    ),
+    "sessions not from the memory": Mutation(
+        MAIN,
+        "MAX_CONCURRENT_SESSIONS: string(maxConcurrentSessions)",
+        "MAX_CONCURRENT_SESSIONS: '16'",
+        "scale",
+        "MAX_CONCURRENT_SESSIONS must be string(maxConcurrentSessions)",
+    ),
+    "more sessions than the memory holds": Mutation(
+        MAIN,
+        "instanceMemoryMB / 128",
+        "instanceMemoryMB / 64",
+        "scale",
+        "maxConcurrentSessions must be instanceMemoryMB / 128",
     ),
     "exporter without Entra auth": Mutation(
         FUNCTION_APP,

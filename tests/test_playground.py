@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -34,8 +35,9 @@ from realtime_speech.wav import WAV_HEADER_BYTES
 from .sse_replay_server import AUDIO_ID, PAGE, SPLIT_FROM_ERROR, TRANSCRIPT, odd_deltas, tone_pcm
 from .test_speech_api import parse_wav
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# Installed by `make test` (devtools/prerequisites.py) where apt allows; it names them otherwise.
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -66,6 +68,7 @@ def spoken_question_wav(path: Path) -> Path:
 
 
 def chromium(profile: Path, *flags: str) -> WebDriver:
+    assert CHROMIUM and CHROMEDRIVER, "chromium and chromedriver: run `python3 -m devtools.prerequisites`"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (*CHROMIUM_FLAGS, *flags):

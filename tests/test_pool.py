@@ -6,15 +6,18 @@ A fake clock drives the pool's state; fake `open_backend` callables raise the pr
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
 
 from realtime_speech.errors import (
+    BackendAccessDenied,
     DeadlineExceeded,
+    DeploymentNotFound,
     UpstreamAuthFailed,
     UpstreamFailed,
     UpstreamRateLimited,
@@ -23,9 +26,11 @@ from realtime_speech.errors import (
 from realtime_speech.pool import (
     CONNECT_ATTEMPTS,
     DEFAULT_COOLING_SECONDS,
+    MAX_WAIT_FOR_BACKEND_SECONDS,
     BackendPool,
     Lease,
     connect,
+    open_spare,
 )
 from realtime_speech.settings import BackendSettings
 
@@ -79,11 +84,16 @@ class FakeOpen:
 
 
 class RecordedSleep:
-    def __init__(self) -> None:
+    """Records each wait; with a clock, moves it on by the wait, as a real sleep would."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
         self.waits: list[float] = []
+        self._clock = clock
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+        if self._clock is not None:
+            self._clock.advance(seconds)
 
 
 def down() -> Exception:
@@ -116,7 +126,14 @@ def far() -> float:
 
 async def session(pool: BackendPool, opener: FakeOpen) -> str:
     """One request whose session ends at once; the backend's name."""
-    with await connect(pool, opener, far(), sleep=no_sleep) as value:
+    return await session_after_waits(pool, opener, no_sleep)
+
+
+async def session_after_waits(
+    pool: BackendPool, opener: FakeOpen, sleep: Callable[[float], Awaitable[object]]
+) -> str:
+    """One request whose session ends at once, waiting with `sleep`; the backend's name."""
+    with await connect(pool, opener, far(), sleep=sleep) as value:
         return value.removeprefix("session on ")
 
 
@@ -193,12 +210,62 @@ async def test_a_429_spills_over_at_once_and_cools_the_backend_until_retry_after
 
 
 async def test_a_429_without_retry_after_cools_for_the_default() -> None:
-    pool, opener = make_pool(backend("a"), backend("b")), FakeOpen()
+    clock = FakeClock()
+    pool, opener = make_pool(backend("a"), backend("b"), clock=clock), FakeOpen()
     opener.fail_next("a", lambda: UpstreamRateLimited("HTTP 429"))
-    opener.fail_next("b", lambda: UpstreamRateLimited("HTTP 429"))
+    assert await session(pool, opener) == "b"
+    assert state(pool, "a")["seconds_left"] == DEFAULT_COOLING_SECONDS
+    assert DEFAULT_COOLING_SECONDS < MAX_WAIT_FOR_BACKEND_SECONDS
+
+
+async def test_429s_without_retry_after_on_every_backend_still_make_every_pass() -> None:
+    clock = FakeClock()
+    pool, opener, sleep = make_pool(backend("a"), backend("b"), clock=clock), FakeOpen(), RecordedSleep(clock)
+    opener.fail_always("a", lambda: UpstreamRateLimited("HTTP 429"))
+    opener.fail_always("b", lambda: UpstreamRateLimited("HTTP 429"))
     with pytest.raises(UpstreamRateLimited):
-        await session(pool, opener)
-    assert [entry["seconds_left"] for entry in pool.status()] == [DEFAULT_COOLING_SECONDS] * 2
+        await connect(pool, opener, far(), sleep=sleep)
+    assert Counter(opener.attempts) == {"a": CONNECT_ATTEMPTS, "b": CONNECT_ATTEMPTS}
+    assert len(sleep.waits) == CONNECT_ATTEMPTS - 1
+    assert all(0 < wait <= MAX_WAIT_FOR_BACKEND_SECONDS for wait in sleep.waits)
+
+
+async def test_when_a_pass_leaves_every_backend_cooling_briefly_the_request_waits_for_the_first() -> None:
+    clock = FakeClock()
+    pool, opener, sleep = make_pool(backend("a"), backend("b"), clock=clock), FakeOpen(), RecordedSleep(clock)
+    opener.fail_next("a", limited(10))
+    opener.fail_next("b", limited(1))
+    with await connect(pool, opener, far(), sleep=sleep) as value:
+        assert value == "session on b"
+    assert (sorted(opener.attempts[:2]), opener.attempts[2:], sleep.waits) == (["a", "b"], ["b"], [1])
+
+
+async def test_a_request_that_finds_every_backend_cooling_waits_for_one_back_within_the_limit() -> None:
+    clock = FakeClock()
+    pool, opener, sleep = (
+        make_pool(backend("a"), backend("b", priority=2), clock=clock),
+        FakeOpen(),
+        RecordedSleep(clock),
+    )
+    opener.fail_next("a", limited(10))
+    opener.fail_next("b", limited(3))
+    with pytest.raises(UpstreamRateLimited) as raised:
+        await connect(pool, opener, far(), sleep=sleep)
+    assert (raised.value.retry_after, sleep.waits) == (3, [])  # the first back in 3 s: no wait
+    clock.advance(2)
+    assert await session_after_waits(pool, opener, sleep) == "b"
+    assert sleep.waits == [1]
+    assert opener.attempts == ["a", "b", "b"]
+
+
+async def test_no_wait_for_a_backend_that_is_back_only_after_the_deadline() -> None:
+    clock = FakeClock()
+    pool, opener, sleep = make_pool(backend("a"), backend("b"), clock=clock), FakeOpen(), RecordedSleep(clock)
+    opener.fail_next("a", limited(1))
+    opener.fail_next("b", limited(1))
+    with pytest.raises(UpstreamRateLimited) as raised:
+        await connect(pool, opener, asyncio.get_running_loop().time() + 0.5, sleep=sleep)
+    assert (raised.value.retry_after, sleep.waits, len(opener.attempts)) == (1, [], 2)
 
 
 async def test_every_backend_cooling_is_a_429_with_the_earliest_retry_after() -> None:
@@ -209,10 +276,10 @@ async def test_every_backend_cooling_is_a_429_with_the_earliest_retry_after() ->
     with pytest.raises(UpstreamRateLimited) as first:
         await session(pool, opener)
     assert first.value.retry_after == 3
-    clock.advance(1)
+    clock.advance(0.5)
     with pytest.raises(UpstreamRateLimited) as second:
         await session(pool, opener)
-    assert second.value.retry_after == 2
+    assert second.value.retry_after == 2.5
     assert opener.attempts == ["a", "b"]  # the second request tried nothing
 
 
@@ -340,7 +407,7 @@ async def test_between_passes_the_shortest_wait_asked_is_made() -> None:
     assert (sorted(opener.attempts[:2]), sleep.waits) == (["a", "b"], [2])
 
 
-@pytest.mark.parametrize(("cooling", "retry_after"), [(2.0, 2.0), (60.0, COOLDOWN)])
+@pytest.mark.parametrize(("cooling", "retry_after"), [(3.0, 3.0), (60.0, COOLDOWN)])
 async def test_open_and_cooling_together_is_a_429_with_the_earliest_return(
     cooling: float, retry_after: float
 ) -> None:
@@ -362,8 +429,7 @@ async def test_open_and_cooling_together_is_a_429_with_the_earliest_return(
     "failure",
     [
         lambda: UpstreamAuthFailed("HTTP 401"),
-        lambda: UpstreamAuthFailed("HTTP 403"),
-        lambda: UpstreamFailed("HTTP 404"),
+        lambda: UpstreamFailed("HTTP 400"),
         lambda: RuntimeError("a bug"),
     ],
 )
@@ -376,6 +442,58 @@ async def test_errors_a_retry_cannot_fix_propagate_without_spill_over(failure: F
     assert opener.attempts == ["a"]
     after = state(pool, "a")
     assert (after["state"], after["in_flight"], after["consecutive_failures"]) == ("ok", 0, 0)
+
+
+MISCONFIGURED = {
+    "deployment missing": lambda: DeploymentNotFound(
+        "The realtime endpoint answered 404: the deployment is missing."
+    ),
+    "role missing": lambda: BackendAccessDenied("The realtime endpoint denied access (HTTP 403): no role."),
+}
+
+
+@pytest.mark.parametrize("failure", MISCONFIGURED.values(), ids=MISCONFIGURED.keys())
+async def test_a_misconfigured_backend_is_answered_as_documented_and_its_circuit_opens(
+    failure: Failure, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool, opener = make_pool(backend("a"), backend("b", priority=2)), FakeOpen()
+    opener.fail_always("a", failure)
+    expected = failure()
+    for failures in range(1, THRESHOLD + 1):
+        with (
+            caplog.at_level(logging.WARNING, "realtime_speech.pool"),
+            pytest.raises(type(expected)) as raised,
+        ):
+            await session(pool, opener)
+        assert (raised.value.status, raised.value.code) == (expected.status, expected.code)
+        assert state(pool, "a")["consecutive_failures"] == failures
+    assert opener.attempts == ["a"] * THRESHOLD  # no spill-over: the caller hears what went wrong
+    opened = state(pool, "a")
+    assert (opened["state"], opened["last_failure"]) == ("open", expected.detail)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any("backend a" in text and expected.detail in text for text in warnings), warnings
+    assert [await session(pool, opener) for _ in range(3)] == ["b"] * 3
+    assert opener.attempts.count("a") == THRESHOLD
+
+
+async def test_a_401_is_the_apps_credential_and_leaves_every_circuit_alone() -> None:
+    pool, opener = make_pool(backend("a"), backend("b", priority=2)), FakeOpen()
+    opener.fail_always("a", lambda: UpstreamAuthFailed("HTTP 401"))
+    for _ in range(THRESHOLD + 1):
+        with pytest.raises(UpstreamAuthFailed):
+            await session(pool, opener)
+    assert opener.attempts == ["a"] * (THRESHOLD + 1)
+    assert (state(pool, "a")["state"], state(pool, "a")["consecutive_failures"]) == ("ok", 0)
+    assert "last_failure" not in state(pool, "a")
+
+
+async def test_status_names_the_last_failure_until_a_success() -> None:
+    pool, opener = make_pool(backend("a"), backend("b", priority=2)), FakeOpen()
+    opener.fail_next("a", down)
+    assert await session(pool, opener) == "b"
+    assert state(pool, "a")["last_failure"] == down().detail
+    assert await session(pool, opener) == "a"
+    assert "last_failure" not in state(pool, "a")
 
 
 async def test_a_cancelled_probe_frees_its_slot_and_counts() -> None:
@@ -394,19 +512,21 @@ async def test_a_cancelled_probe_frees_its_slot_and_counts() -> None:
 
 async def test_no_attempt_starts_after_the_deadline() -> None:
     loop = asyncio.get_running_loop()
-    started: list[float] = []
+    deadline = loop.time() + 1.0  # ample for the first two attempts to start, even on a busy machine
+    past_the_deadline = asyncio.Event()
+    loop.call_at(deadline + 0.001, past_the_deadline.set)
+    attempts: list[str] = []
 
-    async def slow_and_down(settings: BackendSettings) -> str:
-        started.append(loop.time())
-        await asyncio.sleep(0.05)
+    async def second_outlives_the_deadline(settings: BackendSettings) -> str:
+        attempts.append(settings.name)
+        if len(attempts) == 2:
+            await past_the_deadline.wait()
         raise down()
 
     pool = make_pool(backend("a"), backend("b"), backend("c"))
-    deadline = loop.time() + 0.08
     with pytest.raises(UpstreamUnavailable):
-        await connect(pool, slow_and_down, deadline)
-    assert len(started) == 2
-    assert all(moment < deadline for moment in started)
+        await connect(pool, second_outlives_the_deadline, deadline)
+    assert len(attempts) == 2  # the third backend was available, but the deadline had passed
 
 
 async def test_a_deadline_already_passed_tries_nothing() -> None:
@@ -513,6 +633,7 @@ async def test_status_names_backends_without_endpoints_or_secrets() -> None:
         "state": "ok",
         "in_flight": 0,
         "consecutive_failures": 0,
+        "spares": {"count": 0, "oldest_age_seconds": None},
     }
     assert "https://" not in repr(pool.status())
 
@@ -522,3 +643,45 @@ def test_a_pool_needs_backends_with_unique_names() -> None:
         make_pool()
     with pytest.raises(ValueError, match="unique"):
         make_pool(backend("a"), backend("a"))
+
+
+# --- the hooks of spare sessions -------------------------------------------------------------------------
+
+
+async def test_spares_go_only_where_a_request_would_go_and_count_like_its_attempts() -> None:
+    clock = FakeClock()
+    a, b, c = backend("a"), backend("b"), backend("c", priority=2)
+    pool = make_pool(a, b, c, clock=clock)
+    opener = FakeOpen()
+    assert pool.next_choices() == [a, b]
+    opener.fail_next("a", limited(10))
+    with pytest.raises(UpstreamRateLimited):
+        await open_spare(pool, a, opener)
+    assert state(pool, "a")["state"] == "cooling"
+    assert pool.next_choices() == [b]
+    for _ in range(THRESHOLD):
+        opener.fail_next("b", down)
+        with pytest.raises(UpstreamUnavailable):
+            await open_spare(pool, b, opener)
+    assert state(pool, "b")["state"] == "open"
+    assert pool.next_choices() == [c]
+    assert await open_spare(pool, c, opener) == "session on c"
+    assert state(pool, "c")["in_flight"] == 0  # a spare is not in flight until a request takes it
+    clock.advance(COOLDOWN)
+    assert state(pool, "b")["state"] == "half-open"
+    assert pool.next_choices() == [a]  # a half-open circuit's probe is a request's, never a spare's
+    assert pool.adopt(c, "session on c") is None  # no longer where a request would go
+    lease = pool.adopt(a, "earlier session on a")
+    assert lease is not None and lease.value == "earlier session on a"
+    assert state(pool, "a")["in_flight"] == 1
+    lease.release()
+    assert state(pool, "a")["in_flight"] == 0
+
+
+def test_status_shows_the_spares_each_backend_holds() -> None:
+    pool = make_pool(backend("a"), backend("b"))
+    pool.spare_counts = lambda: {"b": {"count": 2, "oldest_age_seconds": 12.5}}
+    assert [entry["spares"] for entry in pool.status()] == [
+        {"count": 0, "oldest_age_seconds": None},
+        {"count": 2, "oldest_age_seconds": 12.5},
+    ]

@@ -115,6 +115,7 @@ async def test_the_model_saw_a_managed_identity_token_and_the_requested_session(
     assert config["audio"]["output"]["voice"] == "coral"
     assert config["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert config["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert config["audio"]["input"]["transcription"] is None  # nothing spoken, nothing to transcribe
     assert config["output_modalities"] == ["audio"]
 
 
@@ -223,8 +224,8 @@ async def test_bad_input_gets_its_4xx_and_writes_nothing(
     assert len(await speech.emulator_sessions()) == sessions_before
 
 
-async def test_health_reports_settings_without_secrets(api_key_speech: SpeechClient) -> None:
-    url = f"{api_key_speech.host_url}/api/health?probe=true"
+async def test_status_reports_settings_without_secrets(api_key_speech: SpeechClient) -> None:
+    url = f"{api_key_speech.host_url}/api/status"
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         report = await response.json()
         assert response.status == 200, report

@@ -137,6 +137,7 @@ async def test_an_incomplete_response_keeps_what_was_said_and_says_so(faults: Sp
         (500, None, 503, "upstream-unavailable", 4),
         (401, None, 502, "upstream-auth-failed", 1),
         (403, None, 502, "upstream-auth-failed", 1),
+        (404, None, 502, "upstream-failed", 1),
     ],
 )
 async def test_a_refused_handshake_is_retried_when_it_may_pass_then_reported(

@@ -3,13 +3,10 @@ still kept in Blob Storage. Through the dev host (uvicorn) against the stand-ins
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import socket
-import time
 from collections.abc import AsyncIterator
 
-import psutil
 import pytest
 import pytest_asyncio
 
@@ -77,12 +74,15 @@ async def test_speech_done_is_the_json_answer(speech: SpeechClient) -> None:
 
 
 async def test_the_first_audio_reaches_the_caller_while_the_model_still_speaks(speech: SpeechClient) -> None:
-    stream = await speech.stream({"text": f"[[emulator:slow pace=1 seconds=3]] {unique_text()}"})
-    assert_well_formed(stream)
-    first_audio = stream.arrivals[stream.types.index("speech.audio.delta")]
-    last_audio = stream.arrivals[len(stream.types) - 1 - stream.types[::-1].index("speech.audio.delta")]
-    # The model speaks 3 s of audio in real time: its first delta must not wait for the last.
-    assert first_audio < 1.0 and last_audio - first_audio > 2.0, (first_audio, last_audio)
+    # The model stalls after part of its audio and ends its answer only when cancelled, which the app
+    # does only once the caller has left: audio that reached the caller was sent while the model spoke.
+    text = f"[[emulator:stall]] {unique_text()}"
+    stream = await speech.stream({"text": text}, read_until="speech.audio.delta")
+    assert stream.status == 200 and stream.types[0] == "speech.started", stream.problem
+    assert stream.types[-1] == "speech.audio.delta" and stream.audio()
+    await speech.assert_sessions_closed()
+    session = await speech.emulator_session(text)
+    assert session["response_status"] == "cancelled" and "response.cancel" in session["client_event_types"]
 
 
 @pytest.mark.parametrize(
@@ -137,38 +137,32 @@ async def test_a_stall_gets_keep_alives_then_the_deadline_error(short_stream: Sp
     assert "keep-alive" in stream.comments
     problem = stream.last()["error"]
     assert problem["type"] == "urn:realtime-speech:problem:deadline-exceeded" and problem["status"] == 504
-    assert STREAM_DEADLINE_SECONDS - 0.5 < stream.arrivals[-1] < STREAM_DEADLINE_SECONDS + 3
+    # Not before the deadline; the upper bound only catches a deadline not kept at all.
+    assert STREAM_DEADLINE_SECONDS - 0.5 < stream.arrivals[-1] < 2 * STREAM_DEADLINE_SECONDS
     await short_stream.assert_sessions_closed()
     assert await short_stream.blob_names() == before
 
 
 async def test_a_caller_who_leaves_cancels_the_model_and_commits_nothing(speech: SpeechClient) -> None:
-    text = f"[[emulator:slow pace=1 seconds=30]] {unique_text('Leave while I talk about')}"
+    # The model stalls mid-answer and never ends it by itself: its session closes only if the app cancels.
+    text = f"[[emulator:stall]] {unique_text('Leave while I talk about')}"
     before = await speech.blob_names()
-    stream = await speech.stream({"text": text}, read_until="speech.audio.delta")
-    left = time.perf_counter()
+    stream = await speech.stream(
+        {"text": text}, {"x-request-id": "sse-leaves"}, read_until="speech.audio.delta"
+    )
     assert stream.types[-1] == "speech.audio.delta"
-    while (await speech.emulator_stats())["connections_open"]:
-        assert time.perf_counter() - left < 1.5, "the model session outlived its caller"
-        await asyncio.sleep(0.05)
+    await speech.assert_sessions_closed()
     session = await speech.emulator_session(text)
     assert "response.cancel" in session["client_event_types"]
-    await asyncio.sleep(0.5)
+    outcome = await speech.request_outcome("sse-leaves")  # logged once the request has ended
+    assert (outcome["status"], outcome["error"]) == (499, "client-closed-request")
     assert await speech.blob_names() == before
-    assert speech.host is not None
-    log = speech.host.log_tail(200)
-    assert '"status":499' in log and '"error":"client-closed-request"' in log
     await assert_answers(speech)
 
 
-async def test_a_caller_who_stops_reading_holds_bounded_memory_and_ends_at_the_deadline(
-    short_stream: SpeechClient,
-) -> None:
+async def test_a_caller_who_stops_reading_ends_at_the_deadline(short_stream: SpeechClient) -> None:
+    """The host's memory meanwhile is measured by the `stream_memory` benchmark (a stalled reader)."""
     client = short_stream
-    assert client.host is not None and client.host.pid is not None
-    await assert_answers(client)  # warm: imports, clients, the delegation key
-    host = psutil.Process(client.host.pid)
-    rss_before = host.memory_info().rss
     before = await client.blob_names()
     body = b'{"text": "[[emulator:long seconds=300]] Read me nothing."}'
     request = (
@@ -178,21 +172,19 @@ async def test_a_caller_who_stops_reading_holds_bounded_memory_and_ends_at_the_d
     port = int(client.host_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as caller:
         caller.sendall(request)
-        started = time.perf_counter()
-        peak = rss_before
-        while time.perf_counter() - started < STREAM_DEADLINE_SECONDS + 1:
-            peak = max(peak, host.memory_info().rss)
-            await asyncio.sleep(0.2)
-        # 300 s of audio is 14.4 MB of PCM (19 MB as base64): none of it may pile up in the host.
-        assert peak - rss_before < 16 * 1024 * 1024, f"RSS grew by {(peak - rss_before) / 2**20:.1f} MiB"
         caller.settimeout(10)
         received = bytearray()
+        while b"event: speech.audio.delta" not in received:
+            chunk = caller.recv(4096)
+            assert chunk, "the stream ended before its first audio"
+            received += chunk
+        # 300 s of audio (19 MB as base64) cannot fit in the socket's buffers: the caller reads no more
+        # until the answer has ended at its deadline, which closes its model session.
+        await client.assert_sessions_closed()
         while b"event: error" not in received[-65536:]:  # what was buffered, then the deadline's error
             chunk = caller.recv(65536)
             assert chunk, "the stream ended without its error event"
             received += chunk
         assert b"deadline-exceeded" in received[-65536:]
-        assert time.perf_counter() - started < STREAM_DEADLINE_SECONDS + 5
-    await client.assert_sessions_closed()
     assert await client.blob_names() == before
     await assert_answers(client)

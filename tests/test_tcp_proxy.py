@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,9 @@ from devtools.process import LOOPBACK, ServiceProcess, free_port, tcp_probe
 from devtools.tcp_proxy import TcpProxy
 from realtime_speech.errors import UpstreamUnavailable
 from realtime_speech.realtime import connect_error
+
+# On loopback a reset takes milliseconds; this only tells a reset from a wait for some timeout.
+AT_ONCE_SECONDS = 10
 
 
 class Target:
@@ -56,7 +58,8 @@ async def exchange(port: int, payload: bytes) -> bytes:
     return answer
 
 
-async def eventually(condition: Callable[[], bool], seconds: float = 2.0) -> None:
+async def eventually(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Poll the proxy's counters (it has no event for them) until `condition`; the bound is a safety net."""
     for _ in range(int(seconds / 0.01)):
         if condition():
             return
@@ -81,10 +84,10 @@ async def test_bytes_are_relayed_exactly_both_ways() -> None:
 async def test_a_down_target_resets_the_client_at_once_and_forwarding_resumes_when_it_is_back() -> None:
     port = free_port()
     async with TcpProxy(port) as proxy:
-        started = time.monotonic()
+        # A reset, not a wait: the bound only catches a proxy that holds the client until some timeout.
         with pytest.raises(ConnectionResetError):
-            await exchange(proxy.port, b"hello")
-        assert time.monotonic() - started < 0.5
+            async with asyncio.timeout(AT_ONCE_SECONDS):
+                await exchange(proxy.port, b"hello")
         assert proxy.stats() == {"accepted": 1, "forwarded": 0, "target_down": 1, "open": 0}
 
         target = await Target(b"back again", port).start()
@@ -99,11 +102,12 @@ async def test_a_down_target_resets_the_client_at_once_and_forwarding_resumes_wh
 
 async def test_a_websocket_handshake_through_a_down_target_fails_fast_as_unreachable() -> None:
     async with TcpProxy(free_port()) as proxy:
-        started = time.monotonic()
+        # Refused, not timed out: the handshake's own timeout would raise a TimeoutError instead.
         with pytest.raises(InvalidHandshake) as raised:
-            async with websocket_connect(f"ws://{LOOPBACK}:{proxy.port}/openai/v1/realtime", open_timeout=5):
+            async with websocket_connect(
+                f"ws://{LOOPBACK}:{proxy.port}/openai/v1/realtime", open_timeout=AT_ONCE_SECONDS
+            ):
                 pass
-        assert time.monotonic() - started < 0.5
         assert isinstance(connect_error(raised.value), UpstreamUnavailable)
         assert proxy.stats()["target_down"] == 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import wave
@@ -16,7 +17,7 @@ from realtime_speech.errors import (
     UpstreamRateLimited,
 )
 from realtime_speech.http import parse_speech_request, problem_response
-from realtime_speech.models import MAX_BODY_BYTES, MAX_TEXT_CHARS, VOICES
+from realtime_speech.models import MAX_BODY_BYTES, MAX_TEXT_CHARS, VOICES, SpeechRequest
 from realtime_speech.realtime import VoiceRequest, session_config
 from realtime_speech.settings import Settings, SettingsError, get_settings, setting_names
 from realtime_speech.wav import WAV_HEADER_BYTES, PcmFormat, wav_header
@@ -84,6 +85,24 @@ def test_media_type_and_size_are_checked_before_the_body() -> None:
         parse_speech_request(*_request(b"{" + b" " * MAX_BODY_BYTES + b"}"))
 
 
+LARGE_AUDIO = bytes(range(256)) * (MAX_BODY_BYTES // 128)  # base64 of it is over the JSON limit
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"audio": base64.b64encode(LARGE_AUDIO).decode(), "voice": "marin"}),
+        json.dumps({"format": "mp3", "audio": base64.b64encode(LARGE_AUDIO).decode()}, indent=2),
+        # escaped slashes (PHP's json_encode writes them) take the plain parse
+        json.dumps({"audio": base64.b64encode(LARGE_AUDIO).decode()}).replace("/", "\\/"),
+    ],
+)
+def test_a_large_spoken_question_parses_as_the_plain_parse_would(body: str) -> None:
+    parsed = parse_speech_request(*_request(body))
+    assert parsed == SpeechRequest.model_validate_json(body)
+    assert parsed.audio == LARGE_AUDIO
+
+
 def test_problem_responses_follow_rfc_9457_with_retry_after() -> None:
     response = problem_response(UpstreamRateLimited("slow down", retry_after=1.2), "req-1")
     assert response.status_code == 429
@@ -113,7 +132,14 @@ def test_session_configuration_is_the_quickstarts_in_ga_shape() -> None:
         300,
         200,
     )
-    assert config["audio"]["input"]["transcription"] == {"model": "whisper-1"}
+    assert "transcription" not in config["audio"]["input"]  # a text question has nothing to transcribe
+
+
+def test_only_a_spoken_question_configures_input_transcription_and_turns_vad_off() -> None:
+    pcm = {"type": "audio/pcm", "rate": 24000}
+    spoken = VoiceRequest(None, "Be kind.", "coral", "whisper-1", pcm, input_audio=b"\0\0", input_format=pcm)
+    audio_input = session_config(spoken)["audio"]["input"]
+    assert (audio_input["transcription"], audio_input["turn_detection"]) == ({"model": "whisper-1"}, None)
 
 
 def test_settings_name_every_problem_without_values(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,9 +68,9 @@ Authentication (at the handshake, else HTTP 401 with Azure's JSON error body)
 Quota (at the handshake, after authentication)
     ``--max-sessions N`` (concurrent sessions) and ``--requests-per-minute M`` (handshakes admitted in
     the rolling last 60 seconds), both changeable with ``POST /_emulator/quota``. A handshake past a
-    limit is refused with HTTP 429, Azure's JSON error body (code ``"429"``) and ``Retry-After``: the
-    whole seconds until the oldest admission leaves the minute (at least 1), or 1 for the concurrency
-    limit.
+    limit is refused with HTTP 429, Azure's JSON error body (code ``"429"``) and the wait, as Azure
+    says it in ``retry-after-ms`` (milliseconds) and ``Retry-After`` (whole seconds, rounded up): the
+    time until the oldest admission leaves the minute, or 1 s for the concurrency limit.
 
 Scenarios
     Chosen per connection with the handshake query (``?model=gpt-realtime&scenario=drop&at=0.2``), or
@@ -98,9 +98,16 @@ Scenarios
                  has ended, then sent ``delay`` seconds later (default 0.5); the answer is normal
     transcript_never
                  no input transcription events for audio committed under it; the answer is normal
-    handshake_401, handshake_403, handshake_429, handshake_500, handshake_503 (query only)
-                 the handshake is refused with that status; 429 and 503 carry Retry-After
-                 (``retry_after=S``, default 1)
+    transcript_failed
+                 the input transcription of audio committed under it fails:
+                 ``conversation.item.input_audio_transcription.failed`` (``item_id``, ``content_index``
+                 0, ``error`` with code ``audio_unintelligible``) instead of the deltas and
+                 ``.completed``; the answer is normal
+    handshake_400, handshake_401, handshake_403, handshake_404, handshake_429, handshake_500,
+    handshake_503 (query only)
+                 the handshake is refused with that status (404: Azure's ``DeploymentNotFound``);
+                 429 and 503 carry Retry-After (``retry_after=S``, default 1), 429 also
+                 ``retry-after-ms``
 
     Parameters: ``at`` (0-1, share of the audio sent before a cutting scenario acts, default 0.5),
     ``seconds`` (exact audio length, any response scenario), ``pace`` (real-time pacing factor, any
@@ -116,18 +123,28 @@ Limits
     ``unsupported_by_emulator`` (a code the service does not have).
 
 Control routes (same port)
-    ``POST /_emulator/handshake-faults`` ``{"status": 401|403|429|500|503, "count": N, "retry_after": S}``
-    refuses the next N handshakes. ``GET /_emulator/sessions`` lists session records (see
-    :class:`~devtools.realtime_emulator.session.SessionRecord`; credentials are never recorded);
-    ``DELETE /_emulator/sessions`` clears them; ``GET /_emulator/sessions/{id}/input_audio`` returns
-    the raw bytes of the session's last committed input audio (``?item_id=`` another one; 404 when
-    none). ``GET /_emulator/quota`` gives ``{"max_sessions", "requests_per_minute", "open_sessions",
-    "admitted_last_minute"}``; ``POST /_emulator/quota`` ``{"max_sessions": N, "requests_per_minute":
-    M}`` sets the fields given (null: no limit). ``GET /_emulator/admissions`` lists every handshake's
-    outcome: ``{"time" (Unix seconds), "outcome": "admitted"|"refused", "status" (101 when admitted),
-    "reason" (null, max_sessions, requests_per_minute, handshake_fault, scenario, unauthorized,
-    bad_request), "retry_after", "open_sessions" (open when decided)}``; ``DELETE /_emulator/admissions``
-    clears it and the rolling minute. ``GET /_emulator/health``; ``GET /_emulator/stats``.
+    ``POST /_emulator/handshake-faults`` ``{"status": 400|401|403|404|429|500|503, "count": N,
+    "retry_after": S}`` refuses the next N handshakes (``"retry_after_ms": MS`` instead asks for a
+    wait in milliseconds); ``POST /_emulator/scenario-faults`` ``{"scenario": NAME, "count": N}``
+    starts the next N admitted connections under that response scenario. ``GET /_emulator/sessions``
+    lists session records (see :class:`~devtools.realtime_emulator.session.SessionRecord`; credentials
+    are never recorded); ``DELETE /_emulator/sessions`` clears them;
+    ``GET /_emulator/sessions/{id}/input_audio`` returns the raw bytes of the session's last committed
+    input audio (``?item_id=`` another one; 404 when none). ``GET /_emulator/quota`` gives
+    ``{"max_sessions", "requests_per_minute", "open_sessions", "admitted_last_minute"}``;
+    ``POST /_emulator/quota`` ``{"max_sessions": N, "requests_per_minute": M}`` sets the fields given
+    (null: no limit). ``GET /_emulator/admissions`` lists every handshake's outcome: ``{"time" (Unix
+    seconds), "outcome": "admitted"|"refused", "status" (101 when admitted), "reason" (null,
+    max_sessions, requests_per_minute, handshake_fault, scenario, unauthorized, bad_request),
+    "retry_after", "retry_after_ms", "open_sessions" (open when decided)}``;
+    ``DELETE /_emulator/admissions`` clears it and the rolling minute. ``POST /_emulator/handshake-delay``
+    ``{"ms": N}`` (also ``--handshake-delay-ms``) makes every handshake wait N ms before it is answered,
+    refused or not: what Azure's network, TLS and authentication cost. ``POST /_emulator/idle-timeout``
+    ``{"seconds": S}`` (also ``--idle-timeout-seconds``; null: never) closes, with a close frame
+    (1000), every session that has had no client event and no response under way for S seconds
+    (``ended_by`` ``emulator_idle_timeout``): how a test kills a session held open in advance. Both
+    are read back with GET. ``GET /_emulator/health``; ``GET /_emulator/stats`` (with
+    ``?wait_idle=S`` it answers once no session is open, or after S seconds, whichever comes first).
 """
 
 from .audio_formats import decode_audio, encode_audio

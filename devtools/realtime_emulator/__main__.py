@@ -20,13 +20,16 @@ def _epilog() -> str:
 scenarios (per connection: ?scenario=NAME&key=value; per message or in the session's instructions:
 [[emulator:NAME key=value ...]]):
 {scenarios}
-  handshake_401|403|429|500|503  refuse the handshake with that status (query only)
+  handshake_400|401|403|404|429|500|503  refuse the handshake with that status (query only)
 
 scenario parameters:
 {parameters}
 
 control routes on the same port:
   POST   /_emulator/handshake-faults  {{"status": 429, "count": N, "retry_after": S}}
+  POST   /_emulator/scenario-faults   {{"scenario": "error_mid", "count": N}}
+  GET|POST /_emulator/handshake-delay {{"ms": N}}: every handshake waits N ms before its answer
+  GET|POST /_emulator/idle-timeout    {{"seconds": S}}: close sessions idle S seconds (null: never)
   GET    /_emulator/sessions          session records (no credentials)
   DELETE /_emulator/sessions
   GET    /_emulator/sessions/ID/input_audio  raw bytes of the last committed input audio (?item_id=)
@@ -64,6 +67,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         type=_count,
         help="refuse handshakes with 429 once this many were admitted in the rolling last minute",
     )
+    parser.add_argument(
+        "--handshake-delay-ms",
+        type=_count,
+        default=0,
+        help="answer every handshake this much later (stands in for Azure's network and authentication)",
+    )
+    parser.add_argument(
+        "--idle-timeout-seconds",
+        type=_positive,
+        help="close sessions that have had no client event (and no response under way) this long",
+    )
     arguments = parser.parse_args(argv)
     if not _is_loopback(arguments.host):
         parser.error("--host must be a loopback IP address, such as 127.0.0.1")
@@ -76,6 +90,13 @@ def _count(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is not an integer >= 0")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number > 0")
     return value
 
 
@@ -100,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         token_public_key=arguments.token_public_key.read_bytes() if arguments.token_public_key else None,
         engine=arguments.speech,
         quota=Quota(arguments.max_sessions, arguments.requests_per_minute),
+        handshake_delay_ms=arguments.handshake_delay_ms,
+        idle_timeout_seconds=arguments.idle_timeout_seconds,
     )
     listeners = [Listener(arguments.host, arguments.port)]
     if arguments.tls_port is not None:

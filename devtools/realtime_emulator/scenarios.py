@@ -29,12 +29,13 @@ RESPONSE_SCENARIOS = {
     "long": "seconds=N of audio (default 300) at full speed",
     "transcript_late": "input audio transcription sent delay=S seconds (default 0.5) after response.done",
     "transcript_never": "no input audio transcription events at all",
+    "transcript_failed": "the input audio transcription fails (its .failed event instead of .completed)",
 }
-HANDSHAKE_STATUSES = (401, 403, 429, 500, 503)
+HANDSHAKE_STATUSES = (400, 401, 403, 404, 429, 500, 503)
 HANDSHAKE_SCENARIOS = {f"handshake_{status}": status for status in HANDSHAKE_STATUSES}
 CUT_SCENARIOS = frozenset({"error_mid", "drop", "stall", "incomplete", "failed", "cancelled"})
 CANCEL_REASONS = ("client_cancelled", "turn_detected")
-TRANSCRIPT_SCENARIOS = frozenset({"transcript_late", "transcript_never"})
+TRANSCRIPT_SCENARIOS = frozenset({"transcript_late", "transcript_never", "transcript_failed"})
 DEFAULT_TRANSCRIPT_DELAY = 0.5
 MAX_SECONDS = 3600.0
 

@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -26,6 +27,12 @@ from .validation import RequestError, client_event
 
 log = logging.getLogger(__name__)
 
+TRANSCRIPTION_ERROR = {
+    "type": "invalid_request_error",
+    "code": "audio_unintelligible",
+    "message": "The audio could not be transcribed.",
+    "param": None,
+}
 SERVER_ERROR_MESSAGE = (
     "The server had an error while processing your request. Sorry about that! You can retry your request, "
     "or contact us through an Azure support request if the error persists. "
@@ -50,7 +57,9 @@ class SessionRecord:
     ``response.done``. ``input_audio`` lists each committed input buffer: ``item_id``, ``format``,
     ``bytes``, ``samples``, ``seconds``, ``sha256`` (of the raw bytes), ``heard`` (the text heard) and
     ``transcript`` (as its transcription sent it; null until then, or without transcription); the raw
-    bytes are served by ``GET /_emulator/sessions/{id}/input_audio``. ``ended_by`` is None while open,
+    bytes are served by ``GET /_emulator/sessions/{id}/input_audio``. ``items`` is the conversation as
+    the emulator holds it, in order: each item's ``id``, ``role`` and ``content`` parts, whose audio is
+    shown as ``audio_bytes`` and ``audio_sha256`` (of the decoded bytes). ``ended_by`` is None while open,
     then ``client_close``, ``connection_lost`` (no close frame from the client), ``emulator_drop`` or
     ``emulator_shutdown``.
     """
@@ -74,7 +83,11 @@ class SessionRecord:
     response_id: str | None = None
     response_status: str | None = None
     input_audio: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
     ended_by: str | None = None
+    opened_at: float = field(default_factory=time.time)
+    first_session_update_at: float | None = None
+    ended_at: float | None = None
     raw_input_audio: dict[str, bytes] = field(default_factory=dict, repr=False)
     """Committed input audio by item id; served by its own route, not in the JSON record."""
 
@@ -138,6 +151,8 @@ class RealtimeSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropped = False
         self.shutting_down = False
+        self.idle_closed = False
+        self.last_client_event = time.monotonic()
 
     async def run(self) -> None:
         """Serve the connection until it ends, then note how it ended."""
@@ -151,11 +166,26 @@ class RealtimeSession:
         finally:
             for task in self._tasks:
                 task.cancel()
+            if self._active is not None and self._active.cancel.is_set():
+                # the client asked to cancel and left before response.done: cancelled all the same
+                self.record.response_status = "cancelled"
             self.record.ended_by = self._ending()
+            self.record.ended_at = time.time()
+
+    def idle_for(self) -> float | None:
+        """Seconds since the client's last event, None while a response is being sent."""
+        return None if self._active is not None else time.monotonic() - self.last_client_event
+
+    async def close_idle(self) -> None:
+        """End a session that has been idle too long, as the service does: a close frame (1000)."""
+        self.idle_closed = True
+        await self.ws.close(code=1000, message=b"session idle timeout")
 
     def _ending(self) -> str:
         if self._dropped:
             return "emulator_drop"
+        if self.idle_closed:
+            return "emulator_idle_timeout"
         if self.shutting_down:
             return "emulator_shutdown"
         if self.ws.close_code in (None, 1006):
@@ -175,6 +205,7 @@ class RealtimeSession:
         await self._send(protocol.error_event(error, client_event_id))
 
     async def _handle(self, data: str) -> None:
+        self.last_client_event = time.monotonic()
         try:
             raw = json.loads(data)
         except ValueError as error:
@@ -211,6 +242,8 @@ class RealtimeSession:
     # --- session and conversation -----------------------------------------------------------------
 
     async def _update_session(self, event: dict[str, Any]) -> None:
+        if self.record.first_session_update_at is None:
+            self.record.first_session_update_at = time.time()
         update = event["session"]
         voice = update.get("audio", {}).get("output", {}).get("voice")
         if voice is not None and voice != self._voice() and self._audio_produced:
@@ -235,6 +268,7 @@ class RealtimeSession:
     async def _create_item(self, event: dict[str, Any]) -> None:
         item = {"id": new_id("item"), **copy.deepcopy(event["item"])}
         if item.get("type") == "message":
+            _refuse_assistant_audio(item)
             item.update(object="realtime.item", status="completed")
             if item["role"] == "user":
                 self._apply_directive(item)
@@ -244,6 +278,7 @@ class RealtimeSession:
     async def _add_item(self, item: dict[str, Any]) -> None:
         previous_item_id = self._items[-1]["id"] if self._items else None
         self._items.append(item)
+        self._note_items()
         await self._send(
             server_event("conversation.item.added", previous_item_id=previous_item_id, item=item)
         )
@@ -294,8 +329,19 @@ class RealtimeSession:
             await self._transcribe(committed, transcription.get("model", "whisper-1"))
 
     async def _transcribe(self, committed: CommittedAudio, model: str) -> None:
-        """Send the committed audio's transcription now, later, or never, as the scenario says."""
+        """Send the committed audio's transcription now, later, never, or its failure, as the scenario
+        says."""
         if self._scenario.name == "transcript_never":
+            return
+        if self._scenario.name == "transcript_failed":
+            await self._send(
+                server_event(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=committed.item_id,
+                    content_index=0,
+                    error=dict(TRANSCRIPTION_ERROR),
+                )
+            )
             return
         if self._scenario.name == "transcript_late":
             self._held_transcriptions.append(HeldTranscription(committed, model, self._scenario.delay))
@@ -321,6 +367,7 @@ class RealtimeSession:
         for item in self._items:
             if item.get("id") == committed.item_id:
                 item["content"][0]["transcript"] = transcript
+        self._note_items()
         self.record.note_input_transcript(committed.item_id, transcript)
 
     def _release_held_transcriptions(self) -> None:
@@ -437,6 +484,7 @@ class RealtimeSession:
         if plan.in_conversation:
             previous_item_id = self._items[-1]["id"] if self._items else None
             self._items.append(item)
+            self._note_items()
             await self._send(
                 server_event("conversation.item.added", previous_item_id=previous_item_id, item=item)
             )
@@ -565,6 +613,10 @@ class RealtimeSession:
     def _replace_item(self, item: dict[str, Any]) -> None:
         ids = [existing.get("id") for existing in self._items]
         self._items[ids.index(item["id"])] = item
+        self._note_items()
+
+    def _note_items(self) -> None:
+        self.record.items = [_item_summary(item) for item in self._items]
 
     def _previous_item_id(self, item_id: str) -> str | None:
         ids = [item.get("id") for item in self._items]
@@ -591,6 +643,28 @@ async def _wait_until(cancel: asyncio.Event, delay: float) -> None:
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(cancel.wait(), delay)
+
+
+def _refuse_assistant_audio(item: dict[str, Any]) -> None:
+    """As the service does: an assistant message's parts must carry text; audio cannot be replayed."""
+    if item.get("role") != "assistant":
+        return
+    for index, part in enumerate(item["content"]):
+        if part.get("type") == "output_audio":
+            param = f"item.content[{index}].text"
+            raise RequestError("missing_required_parameter", f"Missing required parameter: '{param}'.", param)
+
+
+def _item_summary(item: dict[str, Any]) -> dict[str, Any]:
+    """An item as the sessions route shows it: audio as its length and digest, not its bytes."""
+    content = []
+    for part in item.get("content", []):
+        shown = {name: value for name, value in part.items() if name != "audio"}
+        if isinstance(part.get("audio"), str):
+            audio = base64.b64decode(part["audio"])
+            shown.update(audio_bytes=len(audio), audio_sha256=hashlib.sha256(audio).hexdigest())
+        content.append(shown)
+    return {"id": item.get("id"), "type": item.get("type"), "role": item.get("role"), "content": content}
 
 
 def _message_text(item: dict[str, Any]) -> str:

@@ -86,7 +86,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222: a public HTTP API; each call needs a function key (auth level FUNCTION)
   // checkov:skip=CKV_AZURE_17: callers authenticate with function keys; client certificates are not part of the API
   // checkov:skip=CKV_AZURE_212: Flex Consumption scales from zero across instances on its own; always-ready instances would bill around the clock
-  // checkov:skip=CKV_AZURE_213: no App Service health-check path: the platform manages Flex instances, and GET /api/health serves operators
+  // checkov:skip=CKV_AZURE_213: no App Service health-check path: the platform manages Flex instances, and GET /api/status serves operators
   name: name
   location: location
   tags: union(tags, { 'azd-service-name': serviceName })

@@ -1,6 +1,7 @@
 // Extra Azure OpenAI accounts for the app's pool of model backends, usually in other regions (each region
 // has its own quota). Each is a hardened account (openai-account.bicep: custom subdomain, local auth off)
-// with the same realtime and transcription deployments as the primary account and the same roles
+// with the same realtime and transcription deployments as the primary account (always created: the accounts
+// are new, whatever the primary account, which may exist already, needs) and the same roles
 // (openai-model.bicep: Cognitive Services OpenAI User for the app's identity). The `backends` output lists
 // them as AZURE_OPENAI_BACKENDS entries; main.bicep puts the primary account first.
 
@@ -28,9 +29,6 @@ param modelName string
 
 @description('Version of the realtime model.')
 param modelVersion string
-
-@description('Create the input-transcription deployment on every account.')
-param createTranscriptionDeployment bool = true
 
 @description('Name of the input-transcription deployment on every account.')
 param transcriptionDeploymentName string
@@ -82,7 +80,7 @@ module models 'openai-model.bicep' = [for (backend, i) in backends: {
     modelVersion: modelVersion
     skuName: backend.skuName
     capacity: backend.capacity
-    createTranscriptionDeployment: createTranscriptionDeployment
+    createTranscriptionDeployment: true
     transcriptionDeploymentName: transcriptionDeploymentName
     transcriptionModelName: transcriptionModelName
     transcriptionModelVersion: transcriptionModelVersion

@@ -26,6 +26,9 @@ DEPLOYED_DEFAULT_DIFFERS = {
     # Azure's realtime API takes the name of a transcription deployment of the resource, not a model name.
     "REALTIME_TRANSCRIPTION_MODEL": "a deployment name on Azure",
 }
+# Settings the deployment sets to another default than the code's, and that default: the app opens no
+# spare session unless told to; a deployed instance keeps one, so its first caller skips the handshake.
+DEPLOYED_DEFAULTS: dict[str, Any] = {"REALTIME_SPARE_SESSIONS": 1}
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,9 @@ ENCODINGS: list[tuple[re.Pattern[str], dict[str, Any]]] = [
 def settings_default_problems(trees: Trees) -> Problems:
     main, problems = trees[MAIN], Problems()
     for name, field, source in setting_sources(main):
-        if name not in DEPLOYED_DEFAULT_DIFFERS:
+        if name in DEPLOYED_DEFAULTS:
+            problems += deployed_default_problems(main, name, source)
+        elif name not in DEPLOYED_DEFAULT_DIFFERS:
             problems += default_problems(main, name, field, source)
         problems += bound_problems(main, field, source)
         if name in ALLOWED_VALUES:
@@ -88,6 +93,16 @@ def default_problems(main: BicepTree, name: str, field: FieldInfo, source: Sourc
     problems.expect(
         matches and value == field.default,
         f"{name}: Bicep default {value!r} ({source.param}) differs from the code's {field.default!r}",
+    )
+    return problems
+
+
+def deployed_default_problems(main: BicepTree, name: str, source: Source) -> Problems:
+    problems = Problems()
+    default, expected = param_default(main, source.param), DEPLOYED_DEFAULTS[name]
+    problems.expect(
+        default == expected and type(default) is type(expected),
+        f"{name}: Bicep default {default!r} ({source.param}) must be the deployed default {expected!r}",
     )
     return problems
 

@@ -2,7 +2,9 @@
 
 Every account the templates create comes from the hardened module (openai-account.bicep) and has an
 openai-model.bicep beside it that gives the app's identity its role there; the extra accounts get the
-same deployments and principals as the primary one.
+same deployments and principals as the primary one. An extra account is always new, so it always gets
+both deployments: `createDeployment` and `createTranscriptionDeployment` only concern an existing
+primary account that may already have them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,18 @@ from ..templates import (
 from .roles import APP_PRINCIPAL
 
 # openai-model.bicep parameters that differ per account; every other one is the same on every account.
-PER_ACCOUNT_PARAMS = {"accountName", "createDeployment", "skuName", "capacity"}
+PER_ACCOUNT_PARAMS = {
+    "accountName",
+    "createDeployment",
+    "createTranscriptionDeployment",
+    "skuName",
+    "capacity",
+}
+# What every extra (new) account must create, by openai-model.bicep parameter.
+NEW_ACCOUNT_DEPLOYMENTS = {
+    "createDeployment": "the realtime deployment",
+    "createTranscriptionDeployment": "the transcription deployment",
+}
 
 
 def openai_pool_problems(templates: Templates) -> Problems:
@@ -101,10 +114,11 @@ def pool_wiring_problems(templates: Templates) -> Problems:
                 f"main.bicep: the pool's {name} must be the primary's {expected}, is {actual}",
             )
     for symbol, model in modules_using(pool_tree, OPENAI_MODEL).items():
-        problems.expect(
-            same(model["params"].get("createDeployment"), True),
-            f"{OPENAI_POOL}: {symbol}: every extra account needs the realtime deployment",
-        )
+        for flag, deployment in NEW_ACCOUNT_DEPLOYMENTS.items():
+            problems.expect(
+                same(model["params"].get(flag), True),
+                f"{OPENAI_POOL}: {symbol}: every extra account needs {deployment} ({flag}: true)",
+            )
         for name in sorted(set(pool_tree["parameters"]) & set(model["params"]) - PER_ACCOUNT_PARAMS):
             actual = render(model["params"][name])
             problems.expect(actual == name, f"{OPENAI_POOL}: {symbol}: {name} must be {name}, is {actual}")

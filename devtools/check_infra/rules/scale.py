@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from annotated_types import Le
+from annotated_types import Ge, Le
 
-from realtime_speech.settings import BackendSettings
+from realtime_speech.settings import DEFAULT_MAX_CONCURRENT_SESSIONS, BackendSettings, Settings
 
 from ..templates import (
     FUNCTION_APP,
@@ -23,10 +23,41 @@ from ..templates import (
 SCALE_PARAMS = ("instanceMemoryMB", "maximumInstanceCount", "httpPerInstanceConcurrency")
 FLEX_INSTANCE_COUNT = (40, 1000)
 FLEX_INSTANCE_MEMORY_MB = {512, 2048, 4096}
+# The code's default MAX_CONCURRENT_SESSIONS is sized for the smallest instance; larger ones get as
+# many sessions per MB.
+SMALLEST_INSTANCE_MB = min(FLEX_INSTANCE_MEMORY_MB)
+MB_PER_SESSION = SMALLEST_INSTANCE_MB // DEFAULT_MAX_CONCURRENT_SESSIONS
 
 
 def scale_problems(templates: Templates) -> Problems:
-    return instance_problems(templates) + weight_problems(templates)
+    return instance_problems(templates) + session_problems(templates) + weight_problems(templates)
+
+
+def session_problems(templates: Templates) -> Problems:
+    """MAX_CONCURRENT_SESSIONS follows the instance memory the template deploys, at the code default's
+    rate, and stays within the code's bounds for every memory size allowed."""
+    main, problems = templates.trees[MAIN], Problems()
+    setting = render(variable(main, "appSettings").get("MAX_CONCURRENT_SESSIONS"))
+    problems.expect(
+        setting == "string(maxConcurrentSessions)",
+        f"MAX_CONCURRENT_SESSIONS must be string(maxConcurrentSessions), is {setting}",
+    )
+    expected = f"<divide>(instanceMemoryMB, {MB_PER_SESSION})"
+    sessions = render(main["variables"].get("maxConcurrentSessions", {}).get("value"))
+    problems.expect(
+        sessions == expected,
+        f"maxConcurrentSessions must be instanceMemoryMB / {MB_PER_SESSION} "
+        f"({DEFAULT_MAX_CONCURRENT_SESSIONS} per {SMALLEST_INSTANCE_MB} MB), is {sessions}",
+    )
+    metadata = Settings.model_fields["max_concurrent_sessions"].metadata
+    (low,) = [m.ge for m in metadata if isinstance(m, Ge)]
+    (high,) = [m.le for m in metadata if isinstance(m, Le)]
+    for memory in decorator(main, "instanceMemoryMB", "allowed") or []:
+        problems.expect(
+            low <= memory // MB_PER_SESSION <= high,
+            f"MAX_CONCURRENT_SESSIONS at {memory} MB is outside {low} to {high}",
+        )
+    return problems
 
 
 def instance_problems(templates: Templates) -> Problems:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from realtime_speech import telemetry
+from realtime_speech import telemetry_setup
 from realtime_speech.settings import setting_names
 
 from ..parsing import REPO_ROOT
@@ -50,12 +50,12 @@ WORKER_TELEMETRY_SETTING = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
 WORKER_TELEMETRY_SETTINGS = {
     # the one logger it collects: the app's (the default, the root logger, also collects the SDKs'
     # records and the exporter's own, so that exporting produces telemetry)
-    "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": telemetry.LOGGER_NAME,
+    "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": telemetry_setup.LOGGER_NAME,
     # whole traces, all of them (the distro's default limits spans per second, not traces)
     "OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage",
     "OTEL_TRACES_SAMPLER_ARG": "1.0",
     # every instrumentation but the Azure SDK's, as the app turns off in its own pipeline
-    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": ",".join(telemetry._OTHER_INSTRUMENTATIONS),
+    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": ",".join(telemetry_setup._OTHER_INSTRUMENTATIONS),
 }
 LIST_SETTINGS = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"}  # compared as sets of names
 # Settings of the Functions host and the platform that only the Bicep has.
@@ -185,7 +185,7 @@ def worker_telemetry_problems(bicep: dict[str, Any]) -> Problems:
         problems.expect(same, f"{name}: must be {expected!r} when the worker exports, is {value!r}")
     authentication = bicep.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING")
     try:
-        client_id = telemetry.EntraAuthentication.parse(str(authentication)).client_id
+        client_id = telemetry_setup.EntraAuthentication.parse(str(authentication)).client_id
     except ValueError as exc:
         problems.append(f"APPLICATIONINSIGHTS_AUTHENTICATION_STRING is {authentication!r}: {exc}")
     else:
