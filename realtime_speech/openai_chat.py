@@ -545,9 +545,15 @@ def completion_parts(
             }
         ],
         "usage": usage(result.usage),
+        **_heard(result),
     }
     before, after = json.dumps(body, separators=(",", ":")).split(json.dumps(_DATA))
     return (before + '"').encode(), ('"' + after).encode()
+
+
+def _heard(result: SpeechResult) -> dict[str, Any]:
+    """This app's extension for a spoken question: what was heard (null when it did not come)."""
+    return {"input_transcript": result.input_transcript} if result.input_audio is not None else {}
 
 
 class Base64Pieces:
@@ -598,6 +604,8 @@ class ChunkStream:
             data = self._data.feed(base64.b64decode(event["audio"]))
             if data:
                 yield self._chunk({"audio": {"data": data}})
+        elif kind == "speech.input_transcript":
+            yield self._chunk({}, input_transcript=event["transcript"])
         elif kind == "speech.done":
             yield from self._ending(
                 SpeechResult.model_validate({k: v for k, v in event.items() if k != "type"})
@@ -618,10 +626,10 @@ class ChunkStream:
     def error(self, error: ServiceError, request_id: str) -> bytes:
         return _data(error_body(error))
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extension: Any) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         extra = {"usage": None} if self._chat.include_usage else {}
-        return _data({**self._head, "choices": [choice], **extra})
+        return _data({**self._head, "choices": [choice], **extra, **extension})
 
 
 def _data(payload: Mapping[str, Any]) -> bytes:

@@ -179,6 +179,25 @@ async def test_stream_true_sends_the_chunks_in_order(speech: SpeechClient, clien
     assert stored == pcm
 
 
+async def test_a_spoken_question_streamed_says_what_was_heard_once(
+    speech: SpeechClient, client: AsyncOpenAI
+) -> None:
+    """The extension `input_transcript` comes once, in a chunk of its own with an empty delta; a text
+    question's chunks never carry it."""
+    earlier = (await client.chat.completions.create(**ask(unique_text("Hear back")))).choices[0].message
+    spoken = {"type": "input_audio", "input_audio": {"data": earlier.audio.data, "format": "wav"}}
+    arguments = ask("unused", audio={"voice": "alloy", "format": "pcm16"}, stream=True)
+    arguments["messages"] = [{"role": "user", "content": [spoken]}]
+    chunks = [chunk async for chunk in await client.chat.completions.create(**arguments)]
+    heard = [chunk for chunk in chunks if "input_transcript" in (chunk.model_extra or {})]
+    assert [chunk.model_extra["input_transcript"] for chunk in heard] == [earlier.audio.transcript]
+    assert heard[0].choices[0].delta.model_dump(exclude_none=True) == {}
+    text_chunks = await client.chat.completions.create(
+        **ask(unique_text(), audio={"voice": "alloy", "format": "pcm16"}, stream=True)
+    )
+    assert not [chunk async for chunk in text_chunks if chunk.model_extra]
+
+
 async def test_the_stream_helpers_final_completion_is_whole(
     speech: SpeechClient, client: AsyncOpenAI
 ) -> None:
@@ -255,6 +274,7 @@ async def test_a_spoken_user_turn_is_heard(speech: SpeechClient, client: AsyncOp
     completion = await client.chat.completions.create(**arguments)
     heard = earlier.audio.transcript
     assert completion.choices[0].message.audio.transcript == heard  # the emulator repeats what it heard
+    assert completion.model_extra == {"input_transcript": heard}  # this app's extension
     [session] = [s for s in await speech.emulator_sessions() if s["input_audio"] and s["user_text"] == heard]
     _, pcm = parse_wav(wav)
     history = session["items"][0]["content"][0]
