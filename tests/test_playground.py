@@ -7,6 +7,7 @@ fake microphone that plays a WAV the emulator can hear. Screenshots go to `out/p
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -14,12 +15,13 @@ import re
 import shutil
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import pytest_asyncio
 import soundfile as sf
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -32,8 +34,10 @@ from devtools.process import PORT_PLACEHOLDER, REPO_ROOT, ServiceProcess, http_p
 from devtools.realtime_emulator import synthesize
 from realtime_speech.wav import WAV_HEADER_BYTES
 
+from .conftest import SpeechHost
+from .speech_client import SpeechClient
 from .sse_replay_server import AUDIO_ID, PAGE, SPLIT_FROM_ERROR, TRANSCRIPT, odd_deltas, tone_pcm
-from .test_speech_api import parse_wav
+from .test_speech_api import parse_wav, unique_text
 
 # Installed by `make test` (devtools/prerequisites.py) where apt allows; it names them otherwise.
 CHROMIUM = shutil.which("chromium")
@@ -343,3 +347,164 @@ def test_a_refused_or_missing_microphone_is_explained(replay_server: ServiceProc
         assert driver.find_element(By.ID, "mic").get_attribute("aria-pressed") == "false"
     finally:
         driver.quit()
+
+
+# --- against the function app --------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def playground_host(speech_host: SpeechHost) -> AsyncIterator[SpeechClient]:
+    async with speech_host(PLAYGROUND_ENABLED="true") as client:
+        yield client
+
+
+def said(session: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The conversation items the emulator received and answered: role, content type, text."""
+    return [
+        (
+            item["role"],
+            item["content"][0]["type"],
+            item["content"][0].get("text") or item["content"][0].get("transcript"),
+        )
+        for item in session["items"]
+    ]
+
+
+async def test_three_typed_turns_are_one_conversation(
+    browser: WebDriver, playground_host: SpeechClient
+) -> None:
+    """Each turn goes with the turns before it (earlier answers by their audio id); the model sees them
+    as items in order, and every sample streamed is played and stored."""
+    texts = [unique_text("First turn"), unique_text("Second turn"), unique_text("Third turn")]
+
+    def converse() -> tuple[Playground, dict[str, Any]]:
+        page = Playground(browser, playground_host.host_url)
+        for text in texts:
+            state = page.send(text, voice="coral")
+            assert state["state"] == "done", state["error"]
+        return page, state
+
+    page, state = await asyncio.to_thread(converse)
+    answers = [turn for turn in state["turns"] if turn["role"] == "assistant"]
+    assert [answer["transcript"] for answer in answers] == texts  # the emulator answers each question
+    last_request = state["requests"][-1]
+    assert last_request["messages"] == [
+        {"role": "user", "content": texts[0]},
+        {"role": "assistant", "audio": {"id": answers[0]["audioId"]}},
+        {"role": "user", "content": texts[1]},
+        {"role": "assistant", "audio": {"id": answers[1]["audioId"]}},
+        {"role": "user", "content": texts[2]},
+    ]
+    session = await playground_host.emulator_session(texts[2])
+    assert said(session) == [
+        ("user", "input_text", texts[0]),
+        ("assistant", "output_text", texts[0]),
+        ("user", "input_text", texts[1]),
+        ("assistant", "output_text", texts[1]),
+        ("user", "input_text", texts[2]),
+        ("assistant", "output_audio", texts[2]),
+    ]
+    assert session["session"]["audio"]["output"]["voice"] == "coral"
+    assert_played_everything(state, await playground_host.download(answers[-1]["url"]))
+    assert page.bubbles() == [text for pair in zip(texts, texts, strict=True) for text in pair]
+    assert page.console_errors() == []
+    page.screenshot("conversation")
+    page.screenshot("conversation-phone", NARROW)
+    assert not page.overflows_horizontally()
+
+
+async def test_a_spoken_turn_is_heard_and_answered(browser: WebDriver, playground_host: SpeechClient) -> None:
+    """The fake microphone says `SPOKEN_QUESTION` in the emulator's tones: the page records it as a WAV,
+    sends it as `input_audio`, shows what was heard and plays the answer."""
+    tones_seconds = len(synthesize(SPOKEN_QUESTION).pcm) / 2 / SAMPLE_RATE
+
+    def speak() -> tuple[Playground, dict[str, Any]]:
+        page = Playground(browser, playground_host.host_url)
+        return page, page.speak(tones_seconds + 1.0)
+
+    page, state = await asyncio.to_thread(speak)
+    assert state["state"] == "done", state["error"]
+    user, answer = state["turns"]
+    assert user["spoken"] and user["heard"] == SPOKEN_QUESTION
+    assert answer["transcript"] == SPOKEN_QUESTION  # the emulator repeats what it heard
+    [part] = state["requests"][-1]["messages"][0]["content"]
+    assert part["type"] == "input_audio" and part["input_audio"]["format"] == "wav"
+    [session] = [s for s in await playground_host.emulator_sessions() if s["user_text"] == SPOKEN_QUESTION]
+    [heard] = session["input_audio"]
+    assert heard["heard"] == SPOKEN_QUESTION
+    assert f"Heard: “{SPOKEN_QUESTION}”" in page.bubbles()[0]
+    assert_played_everything(state, await playground_host.download(answer["url"]))
+    page.screenshot("spoken-turn")
+
+
+async def test_a_failed_turn_is_shown_and_the_next_turn_leaves_it_out(
+    browser: WebDriver, playground_host: SpeechClient
+) -> None:
+    failing, after = unique_text("[[emulator:error_mid]] Fail"), unique_text("Carry on")
+
+    def converse() -> tuple[Playground, dict[str, Any], dict[str, Any]]:
+        page = Playground(browser, playground_host.host_url)
+        failed = page.send(failing)
+        return page, failed, page.send(after)
+
+    page, failed, state = await asyncio.to_thread(converse)
+    # after the stream began: the error event, OpenAI-shaped, with no HTTP status of its own
+    assert failed["state"] == "error", failed
+    assert (failed["error"]["type"], failed["error"]["code"]) == ("server_error", "upstream_failed")
+    problem = browser.find_element(By.CSS_SELECTOR, "#conversation .problem")
+    assert failed["error"]["message"] in problem.text and "not kept in the conversation" in problem.text
+    assert state["state"] == "done", state["error"]
+    assert state["requests"][-1]["messages"] == [{"role": "user", "content": after}]
+    assert said(await playground_host.emulator_session(after))[0] == ("user", "input_text", after)
+    page.screenshot("failed-turn")
+
+
+async def test_a_new_conversation_sends_no_history(browser: WebDriver, playground_host: SpeechClient) -> None:
+    before, fresh = unique_text("Forget me"), unique_text("Fresh start")
+
+    def converse() -> dict[str, Any]:
+        page = Playground(browser, playground_host.host_url)
+        assert page.send(before)["state"] == "done"
+        browser.find_element(By.ID, "new-conversation").click()
+        assert page.state()["turns"] == [] and page.bubbles() == []
+        return page.send(fresh)
+
+    state = await asyncio.to_thread(converse)
+    assert state["state"] == "done", state["error"]
+    assert state["requests"][-1]["messages"] == [{"role": "user", "content": fresh}]
+    assert said(await playground_host.emulator_session(fresh)) == [
+        ("user", "input_text", fresh),
+        ("assistant", "output_audio", fresh),
+    ]
+
+
+async def test_stop_cancels_the_answer_and_keeps_nothing(
+    browser: WebDriver, playground_host: SpeechClient
+) -> None:
+    """Stop while the model is still speaking (30 s in real time): the page leaves the stream, the
+    app cancels the model's response and closes the session, and nothing is committed."""
+    text = unique_text("[[emulator:slow pace=1 seconds=30]] Stop me during")
+    blobs_before = await playground_host.blob_names()
+
+    def ask_then_stop() -> dict[str, Any]:
+        page = Playground(browser, playground_host.host_url)
+        page.driver.find_element(By.ID, "text").send_keys(text)
+        page.driver.find_element(By.ID, "send").click()
+        WebDriverWait(browser, 60).until(lambda _: page.state()["scheduledSamples"] > 0)
+        assert page.state()["state"] == "streaming"
+        page.driver.find_element(By.ID, "stop").click()
+        WebDriverWait(browser, 10).until(lambda _: page.state()["state"] != "streaming")
+        assert page.driver.find_element(By.ID, "status-text").text == "Stopped"
+        return page.state()
+
+    state = await asyncio.to_thread(ask_then_stop)
+    assert state["state"] == "idle" and state["error"] is None
+    user, answer = state["turns"]
+    assert user["excluded"] and answer["excluded"] and "url" not in answer
+    outcome = await playground_host.request_outcome(answer["requestId"])
+    assert (outcome["status"], outcome["error"], outcome["stream"]) == (499, "client-closed-request", True)
+    await playground_host.assert_sessions_closed()
+    session = await playground_host.emulator_session(text)
+    assert "response.cancel" in session["client_event_types"]
+    assert session["ended_by"] == "client_close"
+    assert await playground_host.blob_names() == blobs_before
