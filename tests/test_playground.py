@@ -508,3 +508,14 @@ async def test_stop_cancels_the_answer_and_keeps_nothing(
     assert "response.cancel" in session["client_event_types"]
     assert session["ended_by"] == "client_close"
     assert await playground_host.blob_names() == blobs_before
+
+
+async def test_the_page_may_use_the_microphone_and_nothing_more(playground_host: SpeechClient) -> None:
+    async with playground_host.http.get(f"{playground_host.host_url}/api/playground") as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/html")
+        policy = dict(
+            part.strip().split("=", 1) for part in response.headers["Permissions-Policy"].split(",")
+        )
+    assert policy.pop("microphone") == "(self)"
+    assert set(policy.values()) == {"()"}
+    assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
