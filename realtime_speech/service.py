@@ -182,35 +182,32 @@ class SpeechService:
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + self.settings.realtime_timeout_seconds
         incidents.begin()
-        conversation = conversation or Conversation()
+        # The question is checked (a spoken one decoded) before the key is looked up: bad input is a
+        # 400 for what it is, never hidden behind the key's earlier answer or a storage outage.
+        question = await self._within(
+            deadline, self.question(request, audio_type, conversation or Conversation())
+        )
         if idempotency_key is None:
-            return await self._begin(
-                request, audio_type, conversation, request_id, timeline, deadline, events, claim=None
-            )
+            return await self._begin(question, request_id, timeline, deadline, events, claim=None)
         claim = self._keys.claim(idempotency_key, request.fingerprint())
         try:
             earlier = await self._within(deadline, claim.earlier())
             if earlier is not None:
                 return Answering.done(deadline, await self._signed(earlier), replayed=True)
-            return await self._begin(
-                request, audio_type, conversation, request_id, timeline, deadline, events, claim
-            )
+            return await self._begin(question, request_id, timeline, deadline, events, claim)
         except BaseException as error:
             claim.fail(error)
             raise
 
     async def _begin(
         self,
-        request: SpeechRequest,
-        audio_type: str | None,
-        conversation: Conversation,
+        question: Question,
         request_id: str,
         timeline: Timeline,
         deadline: float,
         events: bool,
         claim: Claim | None,
     ) -> Answering:
-        question = await self._within(deadline, self.question(request, audio_type, conversation))
         with telemetry.phase("connect"):
             lease = self.spares.take(question.deployment)
             timeline.spare_session = lease is not None

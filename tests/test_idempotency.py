@@ -149,3 +149,17 @@ async def test_a_malformed_key_is_a_400(speech: SpeechClient, key: str) -> None:
     )
     assert "Idempotency-Key" in problem["detail"]
     assert await sessions_asked(speech, text) == 0
+
+
+async def test_bad_audio_with_a_used_key_is_refused_for_what_it_is(speech: SpeechClient) -> None:
+    """The question is checked before the key is looked up: corrupt audio sent with a key already used
+    for another body is a 400 for the audio (not a 422 for the key), and changes nothing."""
+    text, key = unique_text(), new_key()
+    assert (await speech.post({"text": text}, headers=key))[0] == 200
+    blobs = await speech.blob_names()
+    sessions = len(await speech.emulator_sessions())
+    not_audio = b"RIFF\x10\x00\x00\x00WAVEjunk" + bytes(64)
+    problem = assert_problem(await speech.post_raw(not_audio, "audio/wav", **key), 400, "invalid-request")
+    assert "WAV" in problem["detail"]
+    assert await speech.blob_names() == blobs
+    assert len(await speech.emulator_sessions()) == sessions
