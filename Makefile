@@ -1,5 +1,6 @@
 # The two quick-start commands are `make demo` and `make test`; each sets up what it needs.
-PYTHON ?= python3
+# The Python the app is deployed on (infra/modules/function-app.bicep); another 3.11+ with PYTHON=...
+PYTHON ?= python3.13
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
@@ -37,7 +38,7 @@ lint: setup
 # What only the system provides (browser, driver, espeak-ng...): installed with apt-get where that needs
 # no one's answer (root, as CI runs), otherwise one message naming each and its install command.
 prerequisites:
-	$(PYTHON) -m devtools.prerequisites
+	python3 -m devtools.prerequisites --python $(PYTHON)
 
 # `prerequisites` comes first: a missing tool stops the run before anything is installed or run.
 test: prerequisites lint $(IAC_VENV)/.installed

@@ -6,16 +6,16 @@ decoder for the tests comes as a wheel (`imageio-ffmpeg`). What only the system 
 apt provides are installed without asking; whatever is still missing is named in one message, with
 the command that installs it, and the exit status is 1.
 
-    python3 -m devtools.prerequisites            # check, install what apt can, report the rest
-    python3 -m devtools.prerequisites --check    # check and report only
+    python3 -m devtools.prerequisites [--python python3.13]   # check, install what apt can, report the rest
+    python3 -m devtools.prerequisites --check                   # check and report only
 
-Standard library only: it runs with the system Python, before `.venv` exists.
+Standard library only: it runs with any Python 3, before `.venv` exists; `--python` names the
+interpreter `.venv` is made with (`make`'s `PYTHON`, Python 3.13 by default, as deployed).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shutil
@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 MIN_PYTHON = (3, 11)
+DEPLOYED_PYTHON = "python3.13"  # the Bicep's pythonVersion; make's default PYTHON
 MIN_NODE_MAJOR = 20
 NODE_DOWNLOAD = "https://nodejs.org/en/download"
 
@@ -42,12 +43,19 @@ def _on_path(command: str) -> Callable[[], bool]:
     return lambda: shutil.which(command) is not None
 
 
-def _python_is_recent() -> bool:
-    return sys.version_info >= MIN_PYTHON
+def _python_answers(python: str, code: str) -> bool:
+    """True when `python` runs and `code` succeeds in it."""
+    if shutil.which(python) is None:
+        return False
+    return subprocess.run([python, "-c", code], capture_output=True, timeout=60).returncode == 0
 
 
-def _python_has_venv() -> bool:
-    return all(importlib.util.find_spec(module) is not None for module in ("venv", "ensurepip"))
+def _python_is_recent(python: str) -> Callable[[], bool]:
+    return lambda: _python_answers(python, f"import sys; sys.exit(sys.version_info < {MIN_PYTHON!r})")
+
+
+def _python_has_venv(python: str) -> Callable[[], bool]:
+    return lambda: _python_answers(python, "import venv, ensurepip")
 
 
 def _node_major() -> int | None:
@@ -64,48 +72,53 @@ def _node_is_recent() -> bool:
     return major is not None and major >= MIN_NODE_MAJOR and shutil.which("npm") is not None
 
 
-TOOLS: tuple[Tool, ...] = (
-    Tool(
-        "Python 3.11+",
-        "the app, its tests and tooling",
-        _python_is_recent,
-        manual_install="a Python 3.11 or newer, then `make test PYTHON=python3.11`",
-    ),
-    Tool(
-        "Python's venv module",
-        "`make setup` (.venv) and checkov's own virtualenv",
-        _python_has_venv,
-        apt_packages=("python3-venv",),
-    ),
-    Tool(
-        "Node.js 20+ and npm",
-        "Azurite, the storage stand-in",
-        _node_is_recent,
-        manual_install=f"Node.js {MIN_NODE_MAJOR} or newer with npm from {NODE_DOWNLOAD}",
-    ),
-    Tool(
-        "chromium",
-        "tests/test_playground.py (the playground in a real browser)",
-        _on_path("chromium"),
-        ("chromium",),
-    ),
-    Tool(
-        "chromedriver",
-        "tests/test_playground.py (Selenium drives Chromium through it)",
-        _on_path("chromedriver"),
-        ("chromium-driver",),
-    ),
-    Tool(
-        "espeak-ng",
-        "the realtime emulator's spoken answers (`--speech espeak`)",
-        _on_path("espeak-ng"),
-        ("espeak-ng",),
-    ),
-)
+def tools(python: str = DEPLOYED_PYTHON) -> tuple[Tool, ...]:
+    """What the tests need from the machine, `python` being the interpreter `.venv` is made with."""
+    return (
+        Tool(
+            f"{python} (Python 3.11 or newer; 3.13 as deployed)",
+            "the app, its tests and tooling",
+            _python_is_recent(python),
+            manual_install=(
+                "Python 3.13 (e.g. `pyenv install 3.13` or `uv python install 3.13`), or another 3.11+: "
+                "`make test PYTHON=python3.11`"
+            ),
+        ),
+        Tool(
+            f"{python}'s venv module",
+            "`make setup` (.venv) and checkov's own virtualenv",
+            _python_has_venv(python),
+            apt_packages=("python3-venv",),
+        ),
+        Tool(
+            "Node.js 20+ and npm",
+            "Azurite, the storage stand-in",
+            _node_is_recent,
+            manual_install=f"Node.js {MIN_NODE_MAJOR} or newer with npm from {NODE_DOWNLOAD}",
+        ),
+        Tool(
+            "chromium",
+            "tests/test_playground.py (the playground in a real browser)",
+            _on_path("chromium"),
+            ("chromium",),
+        ),
+        Tool(
+            "chromedriver",
+            "tests/test_playground.py (Selenium drives Chromium through it)",
+            _on_path("chromedriver"),
+            ("chromium-driver",),
+        ),
+        Tool(
+            "espeak-ng",
+            "the realtime emulator's spoken answers (`--speech espeak`)",
+            _on_path("espeak-ng"),
+            ("espeak-ng",),
+        ),
+    )
 
 
-def missing(tools: Sequence[Tool] = TOOLS) -> list[Tool]:
-    return [tool for tool in tools if not tool.present()]
+def missing(needed: Sequence[Tool]) -> list[Tool]:
+    return [tool for tool in needed if not tool.present()]
 
 
 def _apt_runner() -> list[str] | None:
@@ -151,11 +164,13 @@ def report(tools: Sequence[Tool]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only check and report; install nothing")
+    parser.add_argument("--python", default=DEPLOYED_PYTHON, help="the interpreter .venv is made with")
     args = parser.parse_args(argv)
-    absent = missing()
+    needed = tools(args.python)
+    absent = missing(needed)
     if absent and not args.check:
         install_with_apt(absent)
-        absent = missing()
+        absent = missing(needed)
     if absent:
         print(report(absent), file=sys.stderr)
         return 1

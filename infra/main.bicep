@@ -1,6 +1,6 @@
 // Realtime speech function: everything it needs in one resource group.
 //
-//   function app (Flex Consumption, Python 3.11) ──user-assigned identity──► host storage account
+//   function app (Flex Consumption, Python 3.13) ──user-assigned identity──► host storage account
 //                                                                          ► audio storage account
 //                                                                          ► Azure OpenAI (gpt-realtime), and
 //                                                                            optional extra accounts (the pool)

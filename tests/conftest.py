@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
@@ -38,7 +39,7 @@ SpeechHost = Callable[..., AbstractAsyncContextManager[SpeechClient]]
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Stop at once, with one message, when the machine lacks a tool the tests use (`make test` installs
     them first where it can; a bare `pytest` only checks)."""
-    absent = prerequisites.missing()
+    absent = prerequisites.missing(prerequisites.tools(sys.executable))
     if absent:
         pytest.exit(prerequisites.report(absent), returncode=pytest.ExitCode.USAGE_ERROR)
 

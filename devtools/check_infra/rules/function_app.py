@@ -76,7 +76,7 @@ def site_problems(templates: Templates) -> Problems:
 
 
 def deployment_storage_problems(templates: Templates) -> Problems:
-    """The package comes from a container of the host account, read as the app's identity; Python 3.11."""
+    """The package comes from a container of the host account, read as the app's identity; Python 3.13."""
     app, problems = templates.trees[FUNCTION_APP], Problems()
     (site,) = resources({FUNCTION_APP: app}, "Microsoft.Web/sites")
     config = site.properties.get("functionAppConfig") or {}
@@ -97,7 +97,7 @@ def deployment_storage_problems(templates: Templates) -> Problems:
         dig(config, "runtime") == {"name": "python", "version": "pythonVersion"},
         f"{site.where}: python runtime",
     )
-    problems.expect(param_default(app, "pythonVersion") == "3.11", "pythonVersion must default to 3.11")
+    problems.expect(param_default(app, "pythonVersion") == "3.13", "pythonVersion must default to 3.13")
     (module,) = modules_using(templates.trees[MAIN], FUNCTION_APP).values()
     problems.expect(module["params"].get("serviceName") == "api", "main.bicep: serviceName must be 'api'")
     return problems
