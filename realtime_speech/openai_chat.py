@@ -110,7 +110,9 @@ class ChatError(ServiceError):
 
     status, code, title = 400, "invalid-request", "The request is not valid"
 
-    def __init__(self, detail: str, param: str | None, openai_code: str = "invalid_value", status: int = 400):
+    def __init__(
+        self, detail: str, param: str | None = None, openai_code: str = "invalid_value", status: int = 400
+    ):
         super().__init__(detail, param=param)
         self.openai_code = openai_code
         self.status = status  # type: ignore[misc]
@@ -215,11 +217,16 @@ def _strict_json(body: bytes) -> Any:
 
 
 def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
+    """How deep objects and arrays nest in `value`, without recursion (the parser of Python 3.13 and
+    later reads nesting deeper than Python's own recursion limit)."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth + 1)
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _check_parameters(document: Mapping[str, Any]) -> None:
