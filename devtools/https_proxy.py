@@ -29,7 +29,7 @@ from typing import Self
 
 from .certs import DevCerts
 from .process import LOOPBACK
-from .tcp_proxy import reset
+from .tcp_proxy import ConnectionServer, reset
 
 NO_BODY_STATUSES = (204, 304)
 
@@ -60,7 +60,7 @@ class ResponseRule:
         return True
 
 
-class HttpsProxy:
+class HttpsProxy(ConnectionServer):
     """Relays HTTPS on `host:port` (port 0: a free one, see `.port` once started) to the target."""
 
     def __init__(self, target_port: int, certs: DevCerts, *, target_host: str = LOOPBACK) -> None:
@@ -69,8 +69,6 @@ class HttpsProxy:
         self._server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._server_tls.load_cert_chain(certs.server_cert, certs.server_key)
         self._target_tls = ssl.create_default_context(cafile=str(certs.ca_file))
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
         self._rules: list[ResponseRule] = []
         self.connections = 0
         """Connections accepted so far."""
@@ -80,12 +78,7 @@ class HttpsProxy:
         """The requests whose responses were lost, the same way, in order."""
         self.held: list[str] = []
         """The requests whose responses were held, the same way, in order."""
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the proxy is not started")
-        return self._server.sockets[0].getsockname()[1]
+        super().__init__()
 
     def lose_responses(self, method: str, path_part: str, count: int = 1) -> None:
         """Lose the responses of the next `count` requests with `method` whose target contains
@@ -102,31 +95,10 @@ class HttpsProxy:
         self._rules.clear()
 
     async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._accept, LOOPBACK, 0, ssl=self._server_tls)
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self._connections):
-            connection.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:  # since Python 3.12 this waits for every connection to close
-            await self._server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        connection = asyncio.create_task(self._serve(reader, writer))
-        self._connections.add(connection)
-        connection.add_done_callback(self._connections.discard)
+        return await self._listen(LOOPBACK, 0, ssl=self._server_tls)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             target_reader, target_writer = await asyncio.open_connection(
                 self.target_host, self.target_port, ssl=self._target_tls

@@ -24,7 +24,7 @@ import logging
 import signal
 import socket
 import struct
-from typing import Self
+from typing import Any, Self
 
 from .process import LOOPBACK
 
@@ -34,46 +34,42 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 log = logging.getLogger("devtools.tcp_proxy")
 
 
-class TcpProxy:
-    """Relays connections on `host:port` (port 0: a free one, see `.port` once started) to the target."""
+class ConnectionServer:
+    """An asyncio server on loopback whose connections are each served by a task of its own, so that
+    `stop()` cancels them without asyncio reporting the cancellation as an error of the callback."""
 
-    def __init__(
-        self, target_port: int, *, target_host: str = LOOPBACK, host: str = LOOPBACK, port: int = 0
-    ) -> None:
-        self.target_host = target_host
-        self.target_port = target_port
-        self.host = host
-        self._requested_port = port
+    def __init__(self) -> None:
         self._server: asyncio.Server | None = None
-        self._relays: set[asyncio.Task[None]] = set()
-        self._accepted = self._forwarded = self._target_down = 0
+        self._connections: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
         if self._server is None:
-            raise RuntimeError("the proxy is not started")
+            raise RuntimeError(f"the {type(self).__name__} is not started")
         return self._server.sockets[0].getsockname()[1]
 
-    def stats(self) -> dict[str, int]:
-        """Connections accepted, forwarded to the target, reset because the target was down, open now."""
-        return {
-            "accepted": self._accepted,
-            "forwarded": self._forwarded,
-            "target_down": self._target_down,
-            "open": len(self._relays),
-        }
-
     async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._accept, self.host, self._requested_port)
+        raise NotImplementedError
+
+    async def _listen(self, host: str, port: int, **options: Any) -> Self:
+        self._server = await asyncio.start_server(self._accept, host, port, **options)
         return self
 
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = asyncio.create_task(self._serve(reader, writer))
+        self._connections.add(connection)
+        connection.add_done_callback(self._connections.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
     async def stop(self) -> None:
-        """Stop listening and drop every open relay."""
+        """Stop listening and drop every open connection."""
         if self._server is not None:
             self._server.close()
-        for relay in list(self._relays):
-            relay.cancel()
-        await asyncio.gather(*self._relays, return_exceptions=True)
+        for connection in list(self._connections):
+            connection.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:  # since Python 3.12 this waits for every connection to close
             await self._server.wait_closed()
 
@@ -83,14 +79,33 @@ class TcpProxy:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        # The relay is a task of our own, not the server's: `stop()` cancels it without asyncio
-        # reporting the cancellation as an error of the connection callback.
-        relay = asyncio.create_task(self._relay(client_reader, client_writer))
-        self._relays.add(relay)
-        relay.add_done_callback(self._relays.discard)
 
-    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+class TcpProxy(ConnectionServer):
+    """Relays connections on `host:port` (port 0: a free one, see `.port` once started) to the target."""
+
+    def __init__(
+        self, target_port: int, *, target_host: str = LOOPBACK, host: str = LOOPBACK, port: int = 0
+    ) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.host = host
+        self._requested_port = port
+        self._accepted = self._forwarded = self._target_down = 0
+        super().__init__()
+
+    def stats(self) -> dict[str, int]:
+        """Connections accepted, forwarded to the target, reset because the target was down, open now."""
+        return {
+            "accepted": self._accepted,
+            "forwarded": self._forwarded,
+            "target_down": self._target_down,
+            "open": len(self._connections),
+        }
+
+    async def start(self) -> Self:
+        return await self._listen(self.host, self._requested_port)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self._accepted += 1
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):

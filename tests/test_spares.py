@@ -6,11 +6,11 @@ opened before the request began and got its first `session.update` after.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
@@ -18,13 +18,13 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from devtools.process import ServiceProcess
 from devtools.stack import Stack
 from realtime_speech.errors import UpstreamFailed
 from realtime_speech.models import Timeline
 from realtime_speech.realtime import RealtimeBackend, SessionLost, VoiceRequest, realtime_client
 
 from .conftest import ClientEnv, SpeechHost
+from .emulator_control import Emulator
 from .speech_client import SpeechClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -33,49 +33,12 @@ POLL_SECONDS = 0.02
 WAIT_SECONDS = 60.0  # how long a condition may take on a loaded machine before the test gives up
 
 
-@dataclass
-class Emulator:
-    process: ServiceProcess
-    http: aiohttp.ClientSession
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        async with self.http.request(method, self.url + path, json=body) as response:
-            assert response.status == 200, await response.text()
-            return await response.json()
-
-    async def sessions(self) -> list[dict[str, Any]]:
-        return await self.call("GET", "/_emulator/sessions")
-
-    async def spares(self) -> list[dict[str, Any]]:
-        """Sessions open and never configured: spares waiting for a request."""
-        return [
-            s for s in await self.sessions() if s["ended_by"] is None and s["first_session_update_at"] is None
-        ]
-
-    async def stats(self) -> dict[str, Any]:
-        return await self.call("GET", "/_emulator/stats")
-
-    async def reset(self) -> None:
-        await self.call("POST", "/_emulator/idle-timeout", {"seconds": None})
-        await self.call("POST", "/_emulator/handshake-delay", {"ms": 0})
-        await self.call("POST", "/_emulator/handshake-faults", {"status": 429, "count": 0})
-        await self.call("DELETE", "/_emulator/admissions")
-        await self.call("DELETE", "/_emulator/sessions")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def emulators(stack: Stack) -> AsyncIterator[dict[str, Emulator]]:
-    processes = {name: stack.start_emulator(f"spares-{name}") for name in "ab"}
-    try:
+    with contextlib.ExitStack() as running:  # each started one is stopped, also when a later one fails
+        processes = {name: running.enter_context(stack.start_emulator(f"spares-{name}")) for name in "ab"}
         async with aiohttp.ClientSession() as http:
             yield {name: Emulator(process, http) for name, process in processes.items()}
-    finally:
-        for process in processes.values():
-            process.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -12,7 +12,6 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
@@ -20,11 +19,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from devtools.process import ServiceProcess, free_port
+from devtools.process import free_port
 from devtools.stack import Stack
 from devtools.tcp_proxy import TcpProxy
 
 from .conftest import SpeechHost
+from .emulator_control import Emulator
 from .speech_client import SpeechClient, assert_problem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -33,39 +33,6 @@ COOLDOWN_SECONDS = 2
 QUOTA_RETRY_AFTER = 1  # what the emulator asks for when its concurrent sessions are all taken
 SLOW = "[[emulator:slow pace=1 seconds=3]]"  # a session held open for 3 s
 POLL_SECONDS = 0.02
-
-
-@dataclass
-class Emulator:
-    """One backend's emulator and its control routes."""
-
-    process: ServiceProcess
-    http: aiohttp.ClientSession
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        async with self.http.request(method, self.url + path, json=body) as response:
-            assert response.status == 200, await response.text()
-            return await response.json()
-
-    async def asked(self) -> set[str]:
-        """Every text this emulator was asked."""
-        return {session["user_text"] for session in await self.call("GET", "/_emulator/sessions")}
-
-    async def admissions(self) -> list[dict[str, Any]]:
-        return await self.call("GET", "/_emulator/admissions")
-
-    async def open_sessions(self) -> int:
-        return (await self.call("GET", "/_emulator/quota"))["open_sessions"]
-
-    async def reset(self) -> None:
-        """No quota, no handshake fault, an empty admissions log."""
-        await self.call("POST", "/_emulator/quota", {"max_sessions": None, "requests_per_minute": None})
-        await self.call("POST", "/_emulator/handshake-faults", {"status": 429, "count": 0})
-        await self.call("DELETE", "/_emulator/admissions")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
