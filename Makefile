@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 .PHONY: setup demo run prerequisites test lint bench infra-check clean
 
 IAC_VENV := .devstate/iac-venv
+# pytest's worker processes (pytest-xdist; 0: one process). Each runs whole test files with stand-ins of its own.
+PYTEST_WORKERS ?= 2
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -42,7 +44,7 @@ prerequisites:
 
 # `prerequisites` comes first: a missing tool stops the run before anything is installed or run.
 test: prerequisites lint $(IAC_VENV)/.installed
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(ARGS)
 
 infra-check: $(IAC_VENV)/.installed
 	$(PY) -m devtools.check_infra
