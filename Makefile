@@ -1,6 +1,6 @@
 # The two quick-start commands are `make demo` and `make test`; each sets up what it needs.
 # The Python the app is deployed on (infra/modules/function-app.bicep); another 3.11+ with PYTHON=...
-PYTHON ?= python3.13
+PYTHON ?= $(shell python3 -m devtools.prerequisites --which-python)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 

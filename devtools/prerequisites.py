@@ -6,8 +6,9 @@ decoder for the tests comes as a wheel (`imageio-ffmpeg`). What only the system 
 apt provides are installed without asking; whatever is still missing is named in one message, with
 the command that installs it, and the exit status is 1.
 
-    python3 -m devtools.prerequisites [--python python3.13]   # check, install what apt can, report the rest
-    python3 -m devtools.prerequisites --check                   # check and report only
+    python3 -m devtools.prerequisites [--python PYTHON]   # check, install what apt can, report the rest
+    python3 -m devtools.prerequisites --check               # check and report only
+    python3 -m devtools.prerequisites --which-python        # the Python 3.13 make uses for .venv
 
 Standard library only: it runs with any Python 3, before `.venv` exists; `--python` names the
 interpreter `.venv` is made with (`make`'s `PYTHON`, Python 3.13 by default, as deployed).
@@ -48,6 +49,26 @@ def _python_answers(python: str, code: str) -> bool:
     if shutil.which(python) is None:
         return False
     return subprocess.run([python, "-c", code], capture_output=True, timeout=60).returncode == 0
+
+
+def deployed_python() -> str:
+    """The interpreter `.venv` is made with: `python3.13` on the PATH, else a Python 3.13 that pyenv
+    has installed (by its path, whichever version pyenv has selected), else the name alone (and the
+    report says how to install it)."""
+    if _python_answers(DEPLOYED_PYTHON, "pass"):
+        return DEPLOYED_PYTHON
+    pyenv = shutil.which("pyenv")
+    if pyenv is None:
+        return DEPLOYED_PYTHON
+    listed = subprocess.run([pyenv, "versions", "--bare"], capture_output=True, text=True, timeout=60)
+    wanted = DEPLOYED_PYTHON.removeprefix("python")
+    versions = [v for v in listed.stdout.split() if re.fullmatch(rf"{re.escape(wanted)}(\.\d+)?", v)]
+    root = subprocess.run([pyenv, "root"], capture_output=True, text=True, timeout=60).stdout.strip()
+    for version in reversed(versions):
+        candidate = os.path.join(root, "versions", version, "bin", DEPLOYED_PYTHON)
+        if _python_answers(candidate, "pass"):
+            return candidate
+    return DEPLOYED_PYTHON
 
 
 def _python_is_recent(python: str) -> Callable[[], bool]:
@@ -164,8 +185,15 @@ def report(tools: Sequence[Tool]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only check and report; install nothing")
-    parser.add_argument("--python", default=DEPLOYED_PYTHON, help="the interpreter .venv is made with")
+    parser.add_argument("--python", help="the interpreter .venv is made with (default: Python 3.13)")
+    parser.add_argument(
+        "--which-python", action="store_true", help="print the Python 3.13 to make .venv with, and stop"
+    )
     args = parser.parse_args(argv)
+    if args.which_python:
+        print(deployed_python())
+        return 0
+    args.python = args.python or deployed_python()
     needed = tools(args.python)
     absent = missing(needed)
     if absent and not args.check:
