@@ -8,32 +8,28 @@ encoded piece by piece, so a long answer costs no more memory than a short one.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response, StreamingResponse
-from starlette.requests import ClientDisconnect
 
 from . import openai_chat
 from .edge import (
-    CLIENT_CLOSED_REQUEST,
     REQUEST_ID_HEADER,
     EventStream,
+    Held,
     Outcome,
     is_json,
     read_body_within,
     request_id,
+    respond,
     retry_after_seconds,
     speech_service,
 )
 from .errors import ServiceError, UnsupportedMediaType
-from .limits import SessionSlot
 from .models import SpeechResult
 from .openai_chat import Base64Pieces, ChatRequest, ChunkStream
 from .service import SpeechService, audio_id
 from .storage import AudioStore
-
-log = logging.getLogger("realtime_speech")
 
 COMPLETIONS_ROUTE = "/api/v1/chat/completions"
 
@@ -42,13 +38,13 @@ async def chat_completions(req: Request) -> Response:
     """`POST /api/v1/chat/completions`: a conversation in, its spoken answer out as a
     `chat.completion`, or as `chat.completion.chunk` events with `stream: true`."""
     outcome = Outcome.start(req, COMPLETIONS_ROUTE, surface="chat")
-    slot: SessionSlot | None = None
-    try:
+
+    async def handle(held: Held) -> Response:
         if not is_json(req.headers.get("content-type")):
             raise UnsupportedMediaType("The content type must be application/json.")
         service = await speech_service()
         settings = service.settings
-        slot = service.sessions.acquire()  # before any of the body is read
+        held.slot = service.sessions.acquire()  # before any of the body is read
         deadline = asyncio.get_running_loop().time() + settings.realtime_timeout_seconds
         limit = openai_chat.body_limit(settings.audio_input_max_bytes)
         body = await read_body_within(req, limit, deadline, settings.realtime_timeout_seconds)
@@ -69,26 +65,14 @@ async def chat_completions(req: Request) -> Response:
         if chat.stream:
             chunks = ChunkStream(chat, completion, created, audio_id)
             # it records the outcome and frees the slot when the stream ends
-            stream, slot = EventStream(answering, outcome, chunks, slot=slot), None
-            return stream
+            return EventStream(answering, outcome, chunks, slot=held.hand_over())
         result = await answering.result()
         body_parts = await _completion_body(service.store, chat, completion, created, result)
         outcome.record(200, result=result)
         headers = {REQUEST_ID_HEADER: outcome.request_id}
         return StreamingResponse(body_parts, media_type="application/json", headers=headers)
-    except ClientDisconnect:  # the caller left while sending the body
-        outcome.record(CLIENT_CLOSED_REQUEST, error="client-closed-request")
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except ServiceError as exc:
-        outcome.record(exc.status, error=exc.code)
-        return error_response(exc, outcome.request_id)
-    except Exception:
-        log.exception("request_id=%s unexpected failure", outcome.request_id)
-        outcome.record(500, error="internal-error")
-        return error_response(ServiceError("The request failed unexpectedly."), outcome.request_id)
-    finally:
-        if slot is not None:
-            slot.release()
+
+    return await respond(outcome, error_response, handle)
 
 
 async def _completion_body(

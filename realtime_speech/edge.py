@@ -13,12 +13,13 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import uuid4
 
-from azurefunctions.extensions.http.fastapi import Request, StreamingResponse
+from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from . import telemetry, telemetry_setup
@@ -43,7 +44,7 @@ KEEP_ALIVE_SECONDS = 10.0
 # A stream whose caller stops reading is cut this long after the request's deadline (the answer
 # itself has ended by then, with nothing committed).
 STREAM_GRACE_SECONDS = 5.0
-CLIENT_CLOSED_REQUEST = 499
+CLIENT_CLOSED_REQUEST = telemetry.CLIENT_CLOSED_REQUEST  # a caller who left, as nginx logs it
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _JSON_MEDIA_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
 
@@ -181,6 +182,44 @@ class Outcome:
             response_status=result.status if result else None,
         )
         self.trace.close()
+
+
+class Held:
+    """What a request holds while its handler runs: its session slot, released when the handler ends
+    unless a stream has taken it over (the stream releases it when it ends)."""
+
+    slot: SessionSlot | None = None
+
+    def hand_over(self) -> SessionSlot | None:
+        slot, self.slot = self.slot, None
+        return slot
+
+
+ErrorResponse = Callable[[ServiceError, str], Response]
+
+
+async def respond(
+    outcome: Outcome, error_response: ErrorResponse, handle: Callable[[Held], Awaitable[Response]]
+) -> Response:
+    """Run a surface's `handle` and turn what can go wrong into that surface's error responses: a
+    caller who left while sending the body (499), a ServiceError (its status), anything else (500,
+    logged); each recorded as the request's outcome. The session slot is released on the way out."""
+    held = Held()
+    try:
+        return await handle(held)
+    except ClientDisconnect:
+        outcome.record(CLIENT_CLOSED_REQUEST, error="client-closed-request")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except ServiceError as exc:
+        outcome.record(exc.status, error=exc.code)
+        return error_response(exc, outcome.request_id)
+    except Exception:
+        log.exception("request_id=%s unexpected failure", outcome.request_id)
+        outcome.record(500, error="internal-error")
+        return error_response(ServiceError("The request failed unexpectedly."), outcome.request_id)
+    finally:
+        if held.slot is not None:
+            held.slot.release()
 
 
 class StreamRenderer(Protocol):

@@ -20,19 +20,19 @@ from typing import Any
 
 from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
 from pydantic import ValidationError
-from starlette.requests import ClientDisconnect
 
 from .audio_input import MEDIA_TYPES as AUDIO_MEDIA_TYPES
 from .edge import (
-    CLIENT_CLOSED_REQUEST,
     EVENT_STREAM,
     REQUEST_ID_HEADER,
     EventStream,
+    Held,
     Outcome,
     is_json,
     media_type,
     read_body_within,
     request_id,
+    respond,
     retry_after_seconds,
     speech_service,
 )
@@ -44,7 +44,6 @@ from .errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from .limits import SessionSlot
 from .models import MAX_BODY_BYTES, SpeechRequest, SpeechResult
 from .settings import Settings, SettingsError, get_settings
 
@@ -82,14 +81,13 @@ async def speech(req: Request) -> Response:
     """`POST /api/speech`: a question in; its spoken answer's URL and transcript out, as JSON or as
     the events of the answer while it is spoken."""
     outcome = Outcome.start(req, "/api/speech")
-    request_id = outcome.request_id
-    slot: SessionSlot | None = None
-    try:
+
+    async def handle(held: Held) -> Response:
         service = await speech_service()
         content_type = req.headers.get("content-type")
         request_options(content_type, req.query_params)  # before the body, whose size must not hide them
         key = idempotency_key(req.headers)
-        slot = service.sessions.acquire()  # before any of the body is read
+        held.slot = service.sessions.acquire()  # before any of the body is read
         deadline = asyncio.get_running_loop().time() + service.settings.realtime_timeout_seconds
         speech_request = await read_question(req, content_type, service.settings, deadline)
         events = wants_event_stream(req.headers.get("accept"))
@@ -98,7 +96,7 @@ async def speech(req: Request) -> Response:
         audio_type = body_type if body_type in AUDIO_MEDIA_TYPES else None
         answering = await service.start(
             speech_request,
-            request_id,
+            outcome.request_id,
             outcome.timeline,
             key,
             events=events,
@@ -109,24 +107,12 @@ async def speech(req: Request) -> Response:
         if events:
             headers = _replayed_header(answering.replayed)
             # it records the outcome and frees the slot when the stream ends
-            stream, slot = EventStream(answering, outcome, SPEECH_EVENTS, headers, slot), None
-            return stream
+            return EventStream(answering, outcome, SPEECH_EVENTS, headers, held.hand_over())
         result = await answering.result()
         outcome.record(200, result=result, replayed=answering.replayed)
-        return _success_response(result, request_id, answering.replayed)
-    except ClientDisconnect:  # the caller left while sending the body
-        outcome.record(CLIENT_CLOSED_REQUEST, error="client-closed-request")
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except ServiceError as exc:
-        outcome.record(exc.status, error=exc.code)
-        return problem_response(exc, request_id)
-    except Exception:
-        log.exception("request_id=%s unexpected failure", request_id)
-        outcome.record(500, error="internal-error")
-        return problem_response(ServiceError("The request failed unexpectedly."), request_id)
-    finally:
-        if slot is not None:
-            slot.release()
+        return _success_response(result, outcome.request_id, answering.replayed)
+
+    return await respond(outcome, problem_response, handle)
 
 
 async def read_question(
